@@ -1,0 +1,111 @@
+"""Tier 1: `DRClassifier`, any timm backbone with a fresh dropout + linear head.
+
+The API is the seed documents' contract. Offline is the normal case here, so asking for
+pretrained weights without a local file is an error that names the offline alternative;
+it never falls back to random weights silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from core.errors import ConfigError, WeightsUnavailableError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup must fail fast, not hang
+
+
+def _check_model_name(model_name: str) -> None:
+    """Unknown names fail early with the closest timm names as suggestions."""
+    if timm.is_model(model_name):
+        return
+    close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models()."
+    raise ConfigError(f"Unknown timm model name {model_name!r}.{hint}")
+
+
+def _create_backbone(model_name: str, pretrained: bool, weights_path: str | None,
+                     **timm_kwargs: Any) -> nn.Module:
+    if not pretrained:
+        return timm.create_model(model_name, pretrained=False, num_classes=0, **timm_kwargs)
+    if weights_path is None:
+        return _create_from_hub(model_name, **timm_kwargs)
+    if not Path(weights_path).is_file():
+        raise WeightsUnavailableError(f"Pretrained weights file not found: {weights_path}")
+    return timm.create_model(model_name, pretrained=True, num_classes=0,
+                             pretrained_cfg_overlay={"file": str(weights_path)}, **timm_kwargs)
+
+
+def _create_from_hub(model_name: str, **timm_kwargs: Any) -> nn.Module:
+    """Hub download only when the user opted in with HF_HUB_OFFLINE=0; wrapped errors otherwise."""
+    offline_hint = (
+        f"pretrained=True for {model_name!r} needs ImageNet weights. Pass "
+        "weights_path='/path/to/model.safetensors' (a local timm weights file), or "
+        "pretrained=False to start from random weights on purpose."
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "1") != "0":
+        raise WeightsUnavailableError(offline_hint + " (Hub downloads are off: HF_HUB_OFFLINE=1; "
+                                      "set HF_HUB_OFFLINE=0 on a machine with internet access.)")
+    try:
+        return timm.create_model(model_name, pretrained=True, num_classes=0, **timm_kwargs)
+    except Exception as exc:  # network, missing tag, auth: all mean "no weights"
+        raise WeightsUnavailableError(f"{offline_hint} Download failed: {exc}") from exc
+
+
+class DRClassifier(nn.Module):
+    """A timm backbone (its own head removed) + dropout + Linear(num_features, num_classes)."""
+
+    def __init__(self, model_name: str, num_classes: int = 5, pretrained: bool = True,
+                 dropout_rate: float = 0.3, weights_path: str | None = None,
+                 **timm_kwargs: Any) -> None:
+        super().__init__()
+        _check_model_name(model_name)
+        self.model_name = model_name
+        self.num_classes = num_classes
+        self.backbone = _create_backbone(model_name, pretrained, weights_path, **timm_kwargs)
+        self.num_features = int(self.backbone.num_features)
+        self.dropout = nn.Dropout(dropout_rate)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.backbone(x)))
+
+    def freeze_backbone(self) -> None:
+        """Stage 1 of the two-stage recipe: train only the new head."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+
+    def unfreeze_backbone(self) -> None:
+        """Stage 2: fine-tune everything."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(True)
+
+    def get_num_params(self) -> tuple[int, int]:
+        """(total, trainable) parameter counts."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return total, trainable
+
+    def summary(self) -> str:
+        total, trainable = self.get_num_params()
+        return (f"DRClassifier({self.model_name}, classes={self.num_classes}, "
+                f"features={self.num_features}): {total:,} parameters, {trainable:,} trainable")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> DRClassifier:
+        """Build from a config mapping (a training YAML's `model` section or a bundle's kwargs)."""
+        allowed = {"model_name", "num_classes", "pretrained", "dropout_rate", "weights_path",
+                   "drop_path_rate", "drop_rate"}
+        unknown = sorted(set(cfg) - allowed)
+        if unknown:
+            raise ConfigError(f"Unknown DRClassifier option(s) {unknown}; allowed: {sorted(allowed)}")
+        if "model_name" not in cfg:
+            raise ConfigError("DRClassifier config needs 'model_name' (a timm model name)")
+        return cls(**dict(cfg))

@@ -1,0 +1,137 @@
+"""One thread-safe, memory-bounded cache of loaded models, shared by every browser session.
+
+Keyed by bundle identity (name, version, weights hash) and device. LoRA bundles over the same
+base share one loaded "host" (the base encoder with LoRA layers installed); each adapter is a
+few MB of tensors copied into the host under the host's lock before use, so three adapters over
+ViT-L cost one ViT-L.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.bundle import Bundle, build_bundle_model
+from core.devices import resolve_device
+from core.explain import model_lock
+
+DEFAULT_MAX_MB = int(os.environ.get("DR_MODEL_CACHE_MB", "8192"))
+
+
+def module_nbytes(module: nn.Module) -> int:
+    """Bytes held by parameters and buffers (what a cached model costs in memory)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run. For LoRA, `module` is the shared host and `adapter` its tensors."""
+
+    bundle: Bundle
+    module: nn.Module
+    device: torch.device
+    adapter: dict[str, torch.Tensor] | None = None
+    lock: threading.RLock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lock = model_lock(self.module)
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[nn.Module]:
+        """Hold the model's lock with this bundle's adapter active; every forward goes here."""
+        with self.lock:
+            if self.adapter is not None and getattr(self.module, "active_adapter", None) != self.bundle.key:
+                self.module.load_state_dict(self.adapter, strict=False)
+                self.module.active_adapter = self.bundle.key
+            yield self.module
+
+
+class ModelCache:
+    """LRU over loaded modules, bounded by their parameter bytes."""
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes if max_bytes is not None else DEFAULT_MAX_MB * 2**20
+        self._entries: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple, threading.Lock] = {}
+
+    def get(self, bundle: Bundle, device: str = "auto") -> LoadedModel:
+        dev = resolve_device(device)
+        if bundle.manifest.tier != "lora":
+            module = self._get_or_load(("model", bundle.key, str(dev)),
+                                       lambda: _to_device(build_bundle_model(bundle), dev))
+            return LoadedModel(bundle, module, dev)
+        from core.lora_bundle import (adapter_structure, base_of, build_lora_host,
+                                      read_adapter_state)
+
+        base = base_of(bundle)
+        host_key = ("host", base.key, adapter_structure(bundle), str(dev))
+        host = self._get_or_load(host_key, lambda: _to_device(build_lora_host(base, bundle), dev))
+        adapter = self._get_or_load(
+            ("adapter", bundle.key, str(dev)),
+            lambda: {k: v.to(dev) for k, v in read_adapter_state(bundle, host).items()})
+        return LoadedModel(bundle, host, dev, adapter)
+
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(size for _, size in self._entries.values())
+
+    def loaded_modules(self) -> list[nn.Module]:
+        with self._lock:
+            return [v for v, _ in self._entries.values() if isinstance(v, nn.Module)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def _get_or_load(self, key: tuple, load):
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key][0]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:  # one loader per key; others wait and then hit
+            with self._lock:
+                if key in self._entries:
+                    return self._entries[key][0]
+            value = load()
+            size = module_nbytes(value) if isinstance(value, nn.Module) else sum(
+                t.numel() * t.element_size() for t in value.values())
+            with self._lock:
+                self._entries[key] = (value, size)
+                self._evict_locked(keep=key)
+                self._loading.pop(key, None)
+            return value
+
+    def _evict_locked(self, keep: tuple) -> None:
+        total = sum(size for _, size in self._entries.values())
+        for old in list(self._entries):
+            if total <= self.max_bytes:
+                break
+            if old != keep:
+                total -= self._entries.pop(old)[1]
+
+
+def _to_device(module: nn.Module, device: torch.device) -> nn.Module:
+    return module.to(device).eval()
+
+
+_DEFAULT: ModelCache | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_cache() -> ModelCache:
+    """The process-wide cache (the dashboard wraps it in st.cache_resource)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = ModelCache()
+        return _DEFAULT

@@ -1,0 +1,116 @@
+"""The bundle manifest: manifest.json parsed into frozen dataclasses.
+
+The manifest is the single source of truth for how a model is built, fed, explained and
+calibrated. Parsing is strict (unknown or missing keys and wrong types are errors naming the
+field) because a silently ignored typo in a threshold is a clinical risk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from core.errors import BundleError
+from core.preprocessing import PreprocessSpec
+from core.strict import parse_strict
+
+SCHEMA_VERSION = 1
+ICDR_CLASSES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "PDR")
+Tier = Literal["baseline", "retfound", "lora"]
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Which registered builder makes the network, with its keyword arguments."""
+
+    builder: str  # "timm_classifier" | "retfound_vit" (see core.archs.registry)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExplanationSpec:
+    """Defaults for heatmaps: the layer to hook and how to fold its activations."""
+
+    target_layer: str  # dotted module name, e.g. "backbone.layer4" or "blocks.11.norm1"
+    method: str = "gradcam"
+    arch: Literal["cnn", "vit", "swin"] = "cnn"
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Temperature scaling and the operating points chosen on the validation set."""
+
+    temperature: float = 1.0
+    referable_threshold: float = 0.5  # on p(grade >= 2)
+    vision_threatening_threshold: float = 0.5  # on p(grade >= 3)
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """The weights file inside the bundle folder and its sha256 (verified on every load)."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the model came from, so a result can be traced to data and config."""
+
+    training_data: str
+    config_hash: str | None = None
+    run_dir: str | None = None
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the dashboard needs to know about one model bundle."""
+
+    name: str
+    version: str
+    tier: Tier
+    created: str
+    architecture: ArchitectureSpec
+    preprocessing: PreprocessSpec
+    explanation: ExplanationSpec
+    weights: WeightsSpec
+    provenance: Provenance
+    demo: bool
+    classes: tuple[str, ...] = ICDR_CLASSES
+    calibration: CalibrationSpec = CalibrationSpec()
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    git_commit: str | None = None
+    base_bundle: str | None = None  # LoRA: folder name of the base bundle beside this one
+    license: str | None = None
+    outputs: tuple[str, ...] = ("icdr_grade",)  # "dme" only if the model really predicts it
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_jsonable(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+def parse_manifest(data: Any, source: str = "manifest.json") -> Manifest:
+    """Parse a decoded JSON object; any problem raises BundleError naming the field."""
+    manifest = parse_strict(Manifest, data, source=source, error=BundleError)
+    if manifest.schema_version > SCHEMA_VERSION:
+        raise BundleError(f"{source}: schema_version {manifest.schema_version} is newer than this "
+                          f"software understands ({SCHEMA_VERSION}); update the dashboard.")
+    if manifest.tier == "lora" and not manifest.base_bundle:
+        raise BundleError(f"{source}: a 'lora' bundle needs 'base_bundle' (its base model folder)")
+    if len(manifest.classes) != 5:
+        raise BundleError(f"{source}: classes must list the 5 ICDR grades, got {len(manifest.classes)}")
+    return manifest
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value

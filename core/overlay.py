@@ -1,0 +1,50 @@
+"""Draw a heatmap over the cropped original photo.
+
+A pure function, separate from explain(): the clinician must see the lesion pixels of the real
+photo, not the normalised tensor the model saw, and the opacity slider re-blends without
+recomputing the explanation.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+_COLORMAPS = {
+    name[len("COLORMAP_"):].lower(): getattr(cv2, name)
+    for name in dir(cv2)
+    if name.startswith("COLORMAP_")
+}
+
+
+def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """HxW map in [0,1] -> HxWx3 RGB uint8 through an OpenCV colour map."""
+    key = colormap.lower()
+    if key not in _COLORMAPS:
+        raise ValueError(f"Unknown colormap {colormap!r}; use one of {sorted(_COLORMAPS)}.")
+    unit = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
+    bgr = cv2.applyColorMap(np.round(unit * 255).astype(np.uint8), _COLORMAPS[key])
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def overlay(
+    image_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet"
+) -> np.ndarray:
+    """Blend ``(1 - alpha) * image + alpha * colour(heatmap)``; the heatmap is resized to the image.
+
+    alpha 0 returns the photo unchanged, alpha 1 the colour map alone.
+    """
+    image = np.asarray(image_rgb)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image_rgb must be HxWx3 uint8, got {image.dtype} {image.shape}.")
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"heatmap must be HxW, got shape {heat.shape}.")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}.")
+    h, w = image.shape[:2]
+    if heat.shape != (h, w):
+        heat = cv2.resize(np.nan_to_num(heat), (w, h), interpolation=cv2.INTER_LINEAR)
+    color = colorize(heat, colormap)
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)

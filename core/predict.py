@@ -1,0 +1,172 @@
+"""Predictor: a bundle in, typed predictions out, for one photo or a batch.
+
+Quality is assessed before the model runs: a rejected photo gets no grade (ungradable is a
+result in its own right). Probabilities are temperature-calibrated, and the referable and
+vision-threatening decisions use the bundle's operating thresholds, not argmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import grading
+from core.bundle import Bundle
+from core.cache import LoadedModel, ModelCache, default_cache
+from core.devices import autocast_for
+from core.errors import BundleError
+from core.explain import Explanation, explain
+from core.images import decode_image
+from core.lora_bundle import HOST_PREFIX
+from core.preprocessing import FieldFit, Preprocessed, preprocess
+from core.quality import QualityReport, assess
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One photo's result. grade/probs are None when the photo is ungradable."""
+
+    grade: int | None
+    probs: tuple[float, ...] | None
+    p_referable: float | None
+    p_vision_threatening: float | None
+    referable: bool | None
+    vision_threatening: bool | None
+    confidence: float | None
+    quality: QualityReport
+    model: str
+    version: str
+    latency_ms: float
+    field: FieldFit | None = None
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # preprocessing + thresholds used
+
+    @property
+    def gradable(self) -> bool:
+        return self.grade is not None
+
+    @property
+    def urgency(self) -> grading.Urgency:
+        return grading.urgency_of(self.grade, gradable=self.gradable, referable=self.referable,
+                                  vision_threatening=self.vision_threatening)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A decoded photo, what the model sees, and its quality report."""
+
+    rgb: np.ndarray
+    pre: Preprocessed
+    quality: QualityReport
+
+
+class Predictor:
+    """Owns one cached model on one device; safe to share between threads."""
+
+    def __init__(self, bundle: Bundle, device: str = "auto", *, cache: ModelCache | None = None,
+                 tta: bool = False, max_batch: int = 16) -> None:
+        if "icdr_grade" not in bundle.manifest.outputs:
+            raise BundleError(f"Bundle {bundle.name!r} outputs {list(bundle.manifest.outputs)}, "
+                              "not ICDR grades: it is an encoder for training, not a grader.")
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.tta = tta
+        self.max_batch = max(1, max_batch)
+        self.loaded: LoadedModel = (cache or default_cache()).get(bundle, device)
+        self.device = self.loaded.device
+        if self.device.type == "cuda" and self.manifest.explanation.arch == "cnn":
+            self.loaded.module.to(memory_format=torch.channels_last)
+
+    # -- inputs -------------------------------------------------------------------------------
+    def prepare(self, source: Any) -> PreparedImage:
+        """Decode (bytes, path, file or RGB array), find the field, assess quality, preprocess."""
+        spec = self.manifest.preprocessing
+        rgb = source if isinstance(source, np.ndarray) else decode_image(
+            source, min_side=2 * spec.input_size)
+        pre = preprocess(rgb, spec)
+        return PreparedImage(rgb, pre, assess(rgb, field=pre.field))
+
+    # -- outputs ------------------------------------------------------------------------------
+    def predict(self, source: Any) -> Prediction:
+        start = time.perf_counter()
+        prepared = self.prepare(source)
+        return self.predict_prepared([prepared], started=[start])[0]
+
+    def predict_batch(self, sources: Sequence[Any]) -> list[Prediction]:
+        """Decode errors propagate (callers that must go on use prepare() per item)."""
+        starts = [time.perf_counter()] * len(sources)
+        return self.predict_prepared([self.prepare(s) for s in sources], started=starts)
+
+    def predict_prepared(self, items: Sequence[PreparedImage],
+                         started: Sequence[float] | None = None) -> list[Prediction]:
+        started = list(started) if started is not None else [time.perf_counter()] * len(items)
+        gradable = [i for i, it in enumerate(items) if it.quality.gradable]
+        probs: dict[int, np.ndarray] = {}
+        for lo in range(0, len(gradable), self.max_batch):
+            chunk = gradable[lo:lo + self.max_batch]
+            batch = torch.stack([items[i].pre.tensor for i in chunk])
+            for i, p in zip(chunk, self.probabilities(batch)):
+                probs[i] = p
+        return [self._result(it, probs.get(i), started[i]) for i, it in enumerate(items)]
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw logits (fp32, on the CPU) for a normalised batch; flip TTA averages logits."""
+        x = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and self.manifest.explanation.arch == "cnn":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.loaded.use() as model, torch.inference_mode(), autocast_for(self.device):
+            out = model(x).float()
+            if self.tta:
+                out = (out + model(torch.flip(x, dims=[3])).float()) / 2
+        return out.cpu()
+
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        temperature = self.manifest.calibration.temperature
+        return torch.softmax(self.logits(batch) / temperature, dim=1).numpy().astype(np.float64)
+
+    def explain(self, prepared: PreparedImage, method: str | None = None,
+                target: int | str = "predicted", layer: str | None = None) -> Explanation:
+        """Heatmap for one prepared photo with the bundle's default layer and method.
+
+        Runs in fp32 under the model's lock with this bundle's adapter active (LoRA).
+        """
+        spec = self.manifest.explanation
+        layer = layer or spec.target_layer
+        if self.manifest.tier == "lora" and not layer.startswith(HOST_PREFIX):
+            layer = HOST_PREFIX + layer
+        with self.loaded.use() as model:
+            return explain(model, prepared.pre.tensor.unsqueeze(0), method=method or spec.method,
+                           target=target, layer=layer, arch=spec.arch)[0]
+
+    def settings(self) -> dict[str, Any]:
+        """What each result records: preprocessing and thresholds in force."""
+        cal = self.manifest.calibration
+        return {"preprocessing": dataclasses.asdict(self.manifest.preprocessing),
+                "temperature": cal.temperature, "referable_threshold": cal.referable_threshold,
+                "vision_threatening_threshold": cal.vision_threatening_threshold,
+                "tta": self.tta, "device": str(self.device), "bundle_key": self.bundle.key}
+
+    def _result(self, item: PreparedImage, probs: np.ndarray | None, start: float) -> Prediction:
+        m = self.manifest
+        common = dict(quality=item.quality, model=m.name, version=m.version, field=item.pre.field,
+                      settings=self.settings())
+        if probs is None:
+            return Prediction(None, None, None, None, None, None, None,
+                              latency_ms=_ms(start), **common)
+        p_ref = grading.p_referable(probs)
+        p_vt = grading.p_vision_threatening(probs)
+        return Prediction(
+            grade=int(np.argmax(probs)), probs=tuple(float(p) for p in probs),
+            p_referable=p_ref, p_vision_threatening=p_vt,
+            referable=p_ref >= m.calibration.referable_threshold,
+            vision_threatening=p_vt >= m.calibration.vision_threatening_threshold,
+            confidence=float(np.max(probs)), latency_ms=_ms(start), **common)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0

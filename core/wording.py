@@ -1,0 +1,26 @@
+"""Wording that CLINICAL.md requires on every page and every export, kept in one place."""
+
+RESEARCH_USE_NOTICE = (
+    "Research use only. Not a medical device; not for diagnosis or referral decisions without "
+    "review by a qualified eye-care professional. Not validated on your camera or population. "
+    "Does not detect other eye disease (glaucoma, AMD, vein occlusion, tumours). "
+    "Ungradable means refer."
+)
+
+DEMO_NOTICE = (
+    "Demo model: trained on synthetic images, for trying the software only. "
+    "Its outputs say nothing about real patients."
+)
+
+RETFOUND_LICENSE_NOTICE = (
+    "RETFound weights are licensed for non-commercial use (CC BY-NC 4.0)."
+)
+
+HEATMAP_CAPTION = (
+    "Highlighted: regions that most influenced the model. These are not lesion detections; "
+    "compare with the un-annotated photo."
+)
+
+RESULT_RECORD_NOTICE = (
+    "Each result records the model name, version, preprocessing and thresholds used."
+)

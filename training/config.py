@@ -1,0 +1,151 @@
+"""Typed training configs: YAML + `--set key=value` overrides, unknown keys rejected.
+
+One config shape for all tiers; the tier decides which model fields matter. The resolved config
+is saved with every run and hashed into the bundle's provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from core.errors import ConfigError
+from core.preprocessing import PreprocessSpec
+from core.strict import parse_strict
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from. `preset` names the CSV layout (see training.datasets)."""
+
+    preset: Literal["synthetic", "aptos", "eyepacs", "messidor2", "idrid", "csv"] = "synthetic"
+    csv: str | None = None
+    images: str | None = None
+    id_column: str | None = None  # preset "csv" only
+    label_column: str | None = None
+    patient_column: str | None = None
+    image_suffix: str | None = None
+    val_fraction: float = 0.2
+    cache_dir: str = "data/cache"
+    cache_size: int | None = None  # side of cached crops; default 1.15 x input_size
+    num_workers: int = 2
+    synthetic_n: int = 400
+    synthetic_seed: int = 0
+    synthetic_size: int = 384
+    synthetic_dir: str = "data/synthetic"
+    limit: int | None = None  # use the first N rows (smoke runs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture per tier. timm name for the baseline; ViT kwargs / checkpoint for RETFound."""
+
+    tier: Literal["baseline", "retfound", "lora"] = "baseline"
+    name: str = "resnet50"  # timm name (baseline)
+    pretrained: bool = False
+    weights_path: str | None = None  # local timm weights for pretrained=True offline
+    dropout_rate: float = 0.3
+    checkpoint_path: str | None = None  # RETFound .pth or an encoder/retfound bundle folder
+    vit: dict[str, Any] = field(default_factory=dict)  # build_retfound_vit kwargs (no checkpoint)
+    global_pool: Literal["avg", "token"] = "avg"
+    drop_path_rate: float = 0.2
+    grad_checkpointing: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    head_dropout: float = 0.3
+    target_modules: tuple[str, ...] = ("qkv",)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation. lr = blr x batch / 256 when blr is set (RETFound's rule)."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 3e-4
+    blr: float | None = None
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    layer_decay: float = 0.65  # RETFound tiers only
+    warmup_epochs: float = 1.0
+    schedule: Literal["cosine", "plateau"] = "cosine"
+    freeze_epochs: int = 1  # baseline stage 1: head only
+    grad_accum: int = 1
+    clip_grad: float | None = 1.0
+    label_smoothing: float = 0.1
+    class_balance: Literal["none", "loss", "sampler"] = "loss"
+    ordinal: bool = False  # regression + QWK-tuned thresholds
+    amp: bool = True
+    compile: bool = False
+    patience: int = 5  # early stopping on validation quadratic kappa
+    min_sensitivity: float = 0.9  # operating point for the referable threshold
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole run: data, model, optimisation, preprocessing, outputs."""
+
+    run_name: str = "run"
+    out_dir: str = "runs"
+    bundle_dir: str | None = None  # where the best epoch's bundle goes (default run dir/bundle)
+    bundle_name: str | None = None
+    version: str = "1.0"
+    demo: bool = False
+    seed: int = 0
+    device: str = "auto"
+    tensorboard: bool = True
+    wandb: bool = False
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    preprocessing: PreprocessSpec = PreprocessSpec()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                **defaults: Any) -> TrainConfig:
+    """YAML file (optional) + "a.b=value" overrides (YAML-typed) -> validated TrainConfig."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"Cannot read config {path}: {exc}") from exc
+    for key, value in defaults.items():
+        if value is not None:
+            _assign(data, key, value)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. optim.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        _assign(data, key.strip(), yaml.safe_load(raw))
+    return parse_strict(TrainConfig, data, source=str(path or "config"), error=ConfigError)
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Cannot set {dotted!r}: {part!r} is not a section")
+    node[leaf] = list(value) if isinstance(value, tuple) else value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

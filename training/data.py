@@ -1,0 +1,93 @@
+"""Datasets and samplers over the image cache, deterministic per (seed, epoch, index).
+
+Determinism is what makes exact resume possible: the order of an epoch and each image's
+augmentation depend only on the seed, the epoch and the index, never on worker scheduling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from core.preprocessing import PreprocessSpec, build_augment, finish_tensor
+
+
+class CachedFundusDataset(Dataset):
+    """(tensor, grade) pairs read from the cache; augmentation only when `train` is set."""
+
+    def __init__(self, cache_folder: Path, rows: Sequence[int], grades: Sequence[int],
+                 spec: PreprocessSpec, *, train: bool, seed: int) -> None:
+        self.cache_folder = Path(cache_folder)
+        self.rows = list(rows)
+        self.grades = [int(g) for g in grades]
+        self.spec = spec
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self._images: np.ndarray | None = None  # opened lazily in each worker process
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        if self._images is None:
+            self._images = np.load(self.cache_folder / "images.npy", mmap_mode="r")
+        row = self.rows[k]
+        work = np.array(self._images[row])
+        augment = None
+        if self.train:
+            augment = build_augment(np.random.default_rng([self.seed, self.epoch, row]))
+        return finish_tensor(work, self.spec, augment=augment), self.grades[k]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_images"] = None  # never pickle the memmap into workers
+        return state
+
+
+class EpochSampler(Sampler[int]):
+    """Seeded permutation per epoch (or class-balanced draws), sliced per DDP rank."""
+
+    def __init__(self, grades: Sequence[int], seed: int, *, balanced: bool = False,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.grades = np.asarray(grades)
+        self.seed = seed
+        self.balanced = balanced
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.per_rank = int(np.ceil(len(self.grades) / world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        n = len(self.grades)
+        if self.balanced:
+            weights = 1.0 / np.bincount(self.grades, minlength=5)[self.grades]
+            order = rng.choice(n, size=self.per_rank * self.world_size, p=weights / weights.sum())
+        else:
+            order = rng.permutation(n)
+            pad = self.per_rank * self.world_size - n
+            order = np.concatenate([order, order[:pad]]) if pad > 0 else order
+        return iter(order[self.rank::self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def class_weights(grades: Sequence[int]) -> torch.Tensor:
+    """Inverse-frequency loss weights (mean 1 over present classes); absent classes get 0."""
+    counts = np.bincount(np.asarray(grades), minlength=5).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
+    present = weights > 0
+    weights[present] /= weights[present].mean()
+    return torch.tensor(weights, dtype=torch.float32)

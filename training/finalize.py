@@ -1,0 +1,119 @@
+"""Turn the best epoch into a bundle: calibration, operating points, metrics, card, plots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from core.bundle import Bundle
+from core.manifest import CalibrationSpec, Manifest, Provenance, WeightsSpec
+from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE, RETFOUND_LICENSE_NOTICE
+from training.calibration import apply_temperature, fit_temperature
+from training.config import TrainConfig
+from training.metrics import (choose_referable_threshold, evaluate, expected_grade,
+                              reliability_bins, tune_qwk_thresholds)
+from training.provenance import config_hash, git_commit, utc_now
+from training.tiers import TierSetup
+
+
+def calibrate_and_evaluate(cfg: TrainConfig, logits: np.ndarray,
+                           y: np.ndarray) -> tuple[CalibrationSpec, dict]:
+    """Temperature on validation NLL; referable / vtDR thresholds at the sensitivity target."""
+    temperature = fit_temperature(logits, y)
+    probs = apply_temperature(logits, temperature)
+    p_ref, p_vt = probs[:, 2:].sum(1), probs[:, 3:].sum(1)
+    ref_t = choose_referable_threshold(y, p_ref, min_sensitivity=cfg.optim.min_sensitivity)
+    vt_t = choose_referable_threshold(y, p_vt, min_sensitivity=cfg.optim.min_sensitivity,
+                                      min_grade=3)
+    metrics = evaluate(y, probs, referable_threshold=ref_t, vision_threatening_threshold=vt_t)
+    metrics["reliability"] = reliability_bins(y, probs)
+    metrics["temperature"] = temperature
+    if cfg.optim.ordinal:
+        thresholds = tune_qwk_thresholds(expected_grade(probs), y)
+        metrics["ordinal_thresholds"] = [float(t) for t in thresholds]
+    calibration = CalibrationSpec(temperature=float(temperature),
+                                  referable_threshold=float(ref_t),
+                                  vision_threatening_threshold=float(vt_t))
+    return calibration, metrics
+
+
+def write_bundle(cfg: TrainConfig, setup: TierSetup, run_dir: Path, calibration: CalibrationSpec,
+                 metrics: dict, data_summary: dict) -> Bundle:
+    name = cfg.bundle_name or cfg.run_name
+    out = Path(cfg.bundle_dir) if cfg.bundle_dir else run_dir / "bundle"
+    resolved = cfg.to_dict()
+    manifest = Manifest(
+        name=name, version=cfg.version, tier=setup.tier, created=utc_now(),
+        git_commit=git_commit(), architecture=setup.architecture,
+        preprocessing=cfg.preprocessing, explanation=setup.explanation,
+        weights=WeightsSpec("weights.safetensors", ""),
+        provenance=Provenance(training_data=_data_line(cfg, data_summary),
+                              config_hash=config_hash(resolved), run_dir=str(run_dir),
+                              command=" ".join(["python -m"] + _argv())),
+        demo=cfg.demo, calibration=calibration, evaluation=_jsonable(metrics),
+        base_bundle=setup.base_bundle.path.name if setup.base_bundle else None,
+        license=setup.license)
+    return setup.export(out, manifest, model_card(manifest, metrics, data_summary))
+
+
+def model_card(manifest: Manifest, metrics: dict, data_summary: dict) -> str:
+    ref, vt = metrics["referable"], metrics["vision_threatening"]
+    lines = [
+        f"# {manifest.name} (version {manifest.version})", "",
+        f"**{DEMO_NOTICE}**" if manifest.demo else "", "",
+        f"- Tier: `{manifest.tier}`; architecture `{manifest.architecture.builder}` "
+        f"{json.dumps(manifest.architecture.kwargs, sort_keys=True)}",
+        f"- Base bundle: `{manifest.base_bundle}`" if manifest.base_bundle else "",
+        f"- Training data: {manifest.provenance.training_data}",
+        f"- Input {manifest.preprocessing.input_size} px, field crop "
+        f"{'on' if manifest.preprocessing.crop_to_field else 'off'}, Ben Graham "
+        f"{'on' if manifest.preprocessing.ben_graham else 'off'}",
+        f"- Created {manifest.created}, commit `{manifest.git_commit}`", "",
+        f"## Validation ({metrics['n']} images, best epoch)", "",
+        "| metric | value |", "|---|---|",
+        f"| quadratic-weighted kappa | {_f(metrics['kappa_quadratic'])} |",
+        f"| Cohen's kappa (unweighted) | {_f(metrics['kappa'])} |",
+        f"| accuracy | {_f(metrics['accuracy'])} |",
+        f"| macro AUROC | {_f(metrics['macro_auroc'])} |",
+        f"| referable sensitivity / specificity (threshold {_f(ref['threshold'])}) | "
+        f"{_f(ref['sensitivity'])} / {_f(ref['specificity'])} |",
+        f"| referable AUROC | {_f(ref['auroc'])} |",
+        f"| vision-threatening sensitivity / specificity | {_f(vt['sensitivity'])} / "
+        f"{_f(vt['specificity'])} |",
+        f"| ECE after temperature scaling (T={metrics['temperature']:.3f}) | {_f(metrics['ece'])} |",
+        "", "Validation figures come from the same distribution as training; they are not "
+        "evidence of performance on your camera or population.", "",
+        RETFOUND_LICENSE_NOTICE if manifest.license else "", "", RESEARCH_USE_NOTICE, "",
+    ]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def _f(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _data_line(cfg: TrainConfig, summary: dict) -> str:
+    kind = "synthetic fundus images (core.synthetic)" if cfg.data.preset == "synthetic" else \
+        f"preset {cfg.data.preset}"
+    return (f"{kind}: {summary.get('csv')}, {summary.get('used')} images used "
+            f"({summary.get('train')} train / {summary.get('val')} validation, split by patient)")
+
+
+def _argv() -> list[str]:
+    prog = Path(sys.argv[0]).with_suffix("").parts[-2:] if sys.argv else ()
+    return [".".join(prog)] + sys.argv[1:]
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def load_best(setup: TierSetup, run_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    best = run_dir / "best.safetensors"
+    if best.is_file():
+        setup.model.load_state_dict(load_file(str(best)))

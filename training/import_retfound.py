@@ -1,0 +1,71 @@
+"""Convert a RETFound .pth checkpoint into a safetensors encoder bundle, once.
+
+    python -m training.import_retfound RETFound_cfp_weights.pth --out models/retfound-cfp-encoder
+
+This is the only place in the project where a .pth is read, with torch.load(weights_only=True)
+(see core.archs.retfound.read_retfound_checkpoint). The bundle holds the encoder only
+(outputs: ["features"]); the trainers start from it, the dashboard does not grade with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from core.archs.retfound import load_retfound_model
+from core.bundle import Bundle, save_bundle
+from core.errors import DRError
+from core.manifest import ArchitectureSpec, ExplanationSpec, Manifest, Provenance, WeightsSpec
+from core.preprocessing import PreprocessSpec
+from core.wording import RETFOUND_LICENSE_NOTICE
+from training.provenance import git_commit, utc_now
+
+LICENSE = "CC BY-NC 4.0 (RETFound weights: non-commercial use only)"
+
+
+def import_retfound(checkpoint: str | Path, out: str | Path, *, name: str | None = None,
+                    global_pool: str = "avg", img_size: int = 224) -> Bundle:
+    """Read the checkpoint safely and write an encoder bundle (features, no classifier head)."""
+    model = load_retfound_model(checkpoint, num_classes=0, global_pool=global_pool,
+                                img_size=img_size)
+    kwargs = dict(model.retfound_kwargs)
+    out = Path(out)
+    manifest = Manifest(
+        name=name or out.name, version="1.0", tier="retfound", created=utc_now(),
+        git_commit=git_commit(),
+        architecture=ArchitectureSpec("retfound_vit", kwargs),
+        preprocessing=PreprocessSpec(input_size=img_size, interpolation="bicubic"),
+        explanation=ExplanationSpec(f"blocks.{kwargs['depth'] - 1}.norm1", arch="vit"),
+        weights=WeightsSpec("weights.safetensors", ""),
+        provenance=Provenance(training_data="RETFound self-supervised pretraining (see its paper)",
+                              command=f"python -m training.import_retfound {Path(checkpoint).name}"),
+        demo=False, license=LICENSE, outputs=("features",),
+    )
+    card = (f"# {manifest.name}\n\nRETFound encoder imported from `{Path(checkpoint).name}` "
+            f"({kwargs['embed_dim']}-d, {kwargs['depth']} blocks, global_pool={global_pool}).\n\n"
+            "Encoder only: train a head with `python -m training.train_retfound` or "
+            "`train_lora` before grading.\n\n" + RETFOUND_LICENSE_NOTICE + "\n")
+    return save_bundle(out, manifest, model.state_dict(), model_card=card)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="RETFound .pth (MAE or DINOv2 layout)")
+    parser.add_argument("--out", required=True, help="bundle folder to write, e.g. models/retfound")
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--global-pool", default="avg", choices=["avg", "token"])
+    parser.add_argument("--img-size", type=int, default=224)
+    args = parser.parse_args(argv)
+    try:
+        bundle = import_retfound(args.checkpoint, args.out, name=args.name,
+                                 global_pool=args.global_pool, img_size=args.img_size)
+    except DRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {bundle.path} (sha256 {bundle.manifest.weights.sha256[:16]}...)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Train the baseline tier: `python -m training.train_baseline --config training/configs/baseline.yaml`."""
+
+import sys
+
+from training.run import main
+
+if __name__ == "__main__":
+    sys.exit(main("baseline"))

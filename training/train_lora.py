@@ -1,0 +1,8 @@
+"""Train the lora tier: `python -m training.train_lora --config training/configs/lora.yaml`."""
+
+import sys
+
+from training.run import main
+
+if __name__ == "__main__":
+    sys.exit(main("lora"))
