@@ -38,20 +38,25 @@ class PreprocessSpec:
 
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "DISPLAY_MAX_SIDE",
     "FieldFit",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "PreprocessSpec",
     "Preprocessed",
+    "WorkCrop",
     "ben_graham",
     "build_augment",
     "crop_box",
     "crop_to_field",
+    "decode_min_side",
     "find_fundus_field",
+    "finish_tensor",
+    "prepare_work",
     "preprocess",
     "preprocess_file",
     "to_model_batch",
+    "work_side",
 ]
 
 DISPLAY_MAX_SIDE = 768  # the display crop is for a screen and a heatmap overlay, not for the model
@@ -302,7 +307,7 @@ def crop_to_field(rgb: np.ndarray, field: FieldFit, margin: float = 0.0) -> np.n
         out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
     centre = (field.cx - x0, field.cy - y0)
     # 0.99 r: the anti-aliased edge of a white surround would otherwise leave a bright ring
-    return cv2.bitwise_and(out, out, mask=_disc_mask(side, centre, 0.99 * field.radius))
+    return cv2.copyTo(out, _disc_mask(side, centre, 0.99 * field.radius), np.zeros_like(out))
 
 
 def crop_box(field: FieldFit, margin: float = 0.0) -> tuple[int, int, int]:
@@ -349,22 +354,28 @@ class Preprocessed:
     field: FieldFit
 
 
-def preprocess(
-    rgb: np.ndarray,
-    spec: PreprocessSpec,
-    *,
-    augment: Callable[[np.ndarray], np.ndarray] | None = None,
-    field: FieldFit | None = None,
-) -> Preprocessed:
-    """field -> crop -> resize -> optional Ben Graham -> optional augment -> normalise.
+@dataclass(frozen=True)
+class WorkCrop:
+    """The cacheable half of the pipeline: everything before augmentation.
 
-    The crop is first reduced (INTER_AREA) to at most twice the input size: Ben Graham and
-    augmentation then run at 2x the model resolution (cheap, no aliasing), and the last step to
-    input_size uses spec.interpolation. Training passes `augment`; serving does not; both run
-    exactly this code.
+    work: (2S, 2S, 3) uint8 field crop at twice the input size (Ben Graham applied if the spec
+    says so); a training cache stores exactly this. cropped: display crop (None if not asked).
+    """
+
+    work: np.ndarray
+    cropped: np.ndarray | None
+    field: FieldFit
+
+
+def prepare_work(
+    rgb: np.ndarray, spec: PreprocessSpec, *, field: FieldFit | None = None, display: bool = True
+) -> WorkCrop:
+    """field -> square crop -> resample to work_side(spec) -> optional Ben Graham.
+
+    Ben Graham and augmentation run at 2x the model resolution: cheap, and the final step to
+    input_size (spec.interpolation) then removes their resampling artefacts.
     """
     rgb = _as_rgb(rgb)
-    size = int(spec.input_size)
     if spec.crop_to_field:
         field = field if field is not None else find_fundus_field(rgb)
         crop = crop_to_field(rgb, field)
@@ -372,19 +383,61 @@ def preprocess(
         h, w = rgb.shape[:2]
         field = field or FieldFit((w - 1) / 2, (h - 1) / 2, min(h, w) / 2, False, 0.0, 0.0)
         crop = crop_to_field(rgb, FieldFit(field.cx, field.cy, field.radius, False, 0.0, 0.0))
-    work = _resize_square(crop, min(crop.shape[0], 2 * size), cv2.INTER_AREA)
-    display = _resize_square(crop, min(crop.shape[0], DISPLAY_MAX_SIDE), cv2.INTER_AREA)
+    side = work_side(spec)
+    up = _interp(spec) if _interp(spec) != cv2.INTER_AREA else cv2.INTER_LINEAR
+    work = _resize_square(crop, side, cv2.INTER_AREA if crop.shape[0] > side else up)
     if spec.ben_graham:
         work = ben_graham(work)
+    cropped = None
+    if display:
+        cropped = _resize_square(crop, min(crop.shape[0], DISPLAY_MAX_SIDE), cv2.INTER_AREA)
+    return WorkCrop(work=work, cropped=cropped, field=field)
+
+
+def finish_tensor(
+    work: np.ndarray,
+    spec: PreprocessSpec,
+    *,
+    augment: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> torch.Tensor:
+    """Optional augment (on the square crop) -> resize to input_size -> normalise."""
     if augment is not None:
         work = np.ascontiguousarray(augment(work), dtype=np.uint8)
+    final = _resize_square(np.ascontiguousarray(work), int(spec.input_size), _interp(spec))
+    return _normalise(final, spec)
+
+
+def preprocess(
+    rgb: np.ndarray,
+    spec: PreprocessSpec,
+    *,
+    augment: Callable[[np.ndarray], np.ndarray] | None = None,
+    field: FieldFit | None = None,
+) -> Preprocessed:
+    """THE path from a decoded photo to a model tensor: prepare_work + finish_tensor.
+
+    field -> crop -> resample to 2x input -> optional Ben Graham -> optional augment -> resize
+    to input_size -> normalise. Training (through the cache: the same two functions) passes
+    `augment`; serving does not; nothing else differs.
+    """
+    prepared = prepare_work(rgb, spec, field=field)
+    tensor = finish_tensor(prepared.work, spec, augment=augment)
+    cropped = prepared.cropped if prepared.cropped is not None else prepared.work
+    return Preprocessed(tensor=tensor, cropped=cropped, field=prepared.field)
+
+
+def work_side(spec: PreprocessSpec) -> int:
+    """Side of the working crop (and of a training cache's rows): twice the input size."""
+    return 2 * int(spec.input_size)
+
+
+def _interp(spec: PreprocessSpec) -> int:
     interp = _INTERP.get(spec.interpolation)
     if interp is None:
         raise ValueError(
             f"unknown interpolation {spec.interpolation!r}; use one of {sorted(_INTERP)}"
         )
-    final = _resize_square(work, size, interp)
-    return Preprocessed(tensor=_normalise(final, spec), cropped=display, field=field)
+    return interp
 
 
 def _resize_square(img: np.ndarray, side: int, interp: int) -> np.ndarray:
@@ -415,8 +468,8 @@ def preprocess_file(
 
 
 def decode_min_side(spec: PreprocessSpec) -> int:
-    """Shorter side to decode at: twice the model input keeps the field crop above input_size."""
-    return 2 * int(spec.input_size)
+    """Shorter side to decode at: the working crop's side, so the crop is rarely upsampled."""
+    return work_side(spec)
 
 
 def to_model_batch(items: Sequence[Preprocessed]) -> torch.Tensor:

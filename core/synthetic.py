@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import math
 import multiprocessing as mp
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,13 +306,21 @@ def _aptos_one(task: tuple) -> dict[str, object]:
     nz = sample_nuisance(np.random.default_rng([img_seed, 7]), rate)
     f = generate_fundus(grade, img_seed, size, width=width, nuisance=nz)
     _save(Path(out) / "train_images" / f"{code}.{fmt}", f.image)
-    np.savez_compressed(Path(out) / "masks" / f"{code}.npz", **f.masks)
+    _save_masks(Path(out) / "masks" / f"{code}.npz", f.masks)
     cx, cy, r = f.field
     return {"id_code": code, "diagnosis": grade, "seed": img_seed, "eye": f.eye,
             "width": f.image.shape[1], "height": f.image.shape[0], "field_cx": round(cx, 1),
             "field_cy": round(cy, 1), "field_r": round(r, 1), "nuisances": ";".join(f.nuisances),
             **{f"n_{k}": int(cv2.connectedComponents(m.view(np.uint8))[0] - 1)
                for k, m in f.masks.items()}}
+
+
+def _save_masks(path: Path, masks: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed at zlib level 1: same .npz, 4x faster on mostly-empty masks."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for key, m in masks.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(m), allow_pickle=False)
 
 
 def write_aptos_dataset(out_dir: str | Path, n: int, seed: int, *, size: int = 512,
@@ -336,7 +345,9 @@ def write_aptos_dataset(out_dir: str | Path, n: int, seed: int, *, size: int = 5
     tasks = [(str(out), hashlib.sha1(f"{seed}:{i}".encode()).hexdigest()[:12], int(grades[i]),
               _image_seed(seed, i), size, width, fmt, nuisance_rate) for i in range(n)]
     if workers > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
+        # fork where there is one: spawn re-imports __main__, which breaks `python -` and REPLs
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(workers) as pool:
             rows = pool.map(_aptos_one, tasks, chunksize=max(1, min(16, n // (4 * workers))))
     else:
         rows = [_aptos_one(t) for t in tasks]

@@ -22,9 +22,12 @@ from core.preprocessing import (
     crop_to_field,
     decode_min_side,
     find_fundus_field,
+    finish_tensor,
+    prepare_work,
     preprocess,
     preprocess_file,
     to_model_batch,
+    work_side,
 )
 
 
@@ -236,6 +239,20 @@ def test_training_path_equals_serving_path_on_a_real_photo(fundus_samples_dir) -
     trained = preprocess(decode_image(path.read_bytes(), min_side=decode_min_side(spec)), spec)
     assert torch.equal(served.tensor, trained.tensor)
     assert served.field.found
+
+
+@pytest.mark.parametrize("ben", [False, True])
+def test_cache_path_equals_preprocess(ben: bool) -> None:
+    """prepare_work (what a training cache stores) + finish_tensor == preprocess, bit for bit."""
+    spec = PreprocessSpec(input_size=48, ben_graham=ben)
+    for img in (make_fundus(), make_fundus(h=120, w=160, cx=80, cy=60, r=40)):
+        prepared = prepare_work(img, spec, display=False)
+        assert prepared.work.shape == (work_side(spec), work_side(spec), 3)  # fixed cache rows
+        assert prepared.cropped is None
+        aug = build_augment(5)
+        cached = finish_tensor(prepared.work.copy(), spec, augment=aug)
+        direct = preprocess(img, spec, augment=build_augment(5)).tensor
+        assert torch.equal(cached, direct)
 
 
 def test_augment_is_deterministic_for_a_seed_and_keeps_surround_black() -> None:

@@ -1,0 +1,120 @@
+"""The one training loop, per tier, on a few synthetic images: it learns, resumes exactly,
+runs under torchrun, and writes a bundle that core loads and predicts with."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from core.bundle import load_bundle
+from core.cache import ModelCache
+from core.predict import Predictor
+from tests.training.conftest import tiny_overrides
+from training.config import load_config
+from training.loop import CRASH_ENV
+from training.run import run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(tmp_path, synthetic_aptos, tier, *extra):
+    overrides = tiny_overrides(synthetic_aptos, tmp_path / "cache", tmp_path / "runs", tier)
+    return load_config(REPO / "training" / "configs" / f"{tier}.yaml",
+                       overrides + [f"model.tier={tier}", f"run_name={tier}", *extra])
+
+
+def _first_image(data_dir: Path) -> Path:
+    return sorted((data_dir / "train_images").iterdir())[0]
+
+
+@pytest.fixture(scope="module")
+def retfound_run(tmp_path_factory, synthetic_aptos):
+    tmp = tmp_path_factory.mktemp("retfound")
+    return run(_cfg(tmp, synthetic_aptos, "retfound", "optim.epochs=4"), progress=False)
+
+
+def _loss_fell(history):
+    losses = [row["train_loss"] for row in history]
+    assert losses[-1] < losses[0], losses
+
+
+def test_baseline_learns_and_its_bundle_predicts(tmp_path, synthetic_aptos):
+    result = run(_cfg(tmp_path, synthetic_aptos, "baseline", "optim.epochs=4"), progress=False)
+    _loss_fell(result.history)
+    bundle = load_bundle(result.bundle.path)
+    assert bundle.manifest.tier == "baseline" and bundle.manifest.demo
+    assert bundle.manifest.evaluation["n"] == result.metrics["n"]
+    pred = Predictor(bundle, "cpu", cache=ModelCache()).predict(_first_image(synthetic_aptos))
+    assert pred.model == "baseline" and (pred.grade is None or 0 <= pred.grade <= 4)
+    for png in ("confusion_matrix.png", "reliability.png", "training_curves.png"):
+        assert (result.run_dir / png).stat().st_size > 1000
+    assert (result.run_dir / "config.yaml").is_file()
+
+
+def test_retfound_tier_learns(retfound_run, synthetic_aptos):
+    _loss_fell(retfound_run.history)
+    bundle = load_bundle(retfound_run.bundle.path)
+    assert bundle.manifest.architecture.builder == "retfound_vit"
+    Predictor(bundle, "cpu", cache=ModelCache()).predict(_first_image(synthetic_aptos))
+
+
+def test_lora_tier_learns_over_a_base_bundle(tmp_path, synthetic_aptos, retfound_run):
+    base = retfound_run.bundle.path
+    cfg = _cfg(tmp_path, synthetic_aptos, "lora", "optim.epochs=4",
+               f"bundle_dir={base.parent / 'lora-bundle'}", f"model.checkpoint_path={base}")
+    result = run(cfg, progress=False)
+    _loss_fell(result.history)
+    bundle = load_bundle(result.bundle.path)
+    assert bundle.manifest.tier == "lora" and bundle.manifest.base_bundle == base.name
+    assert (bundle.path / "adapter_model.safetensors").is_file()
+    Predictor(bundle, "cpu", cache=ModelCache()).predict(_first_image(synthetic_aptos))
+
+
+def _cli(tier, overrides, env=None, resume=False):
+    cmd = [sys.executable, "-m", f"training.train_{tier}", "--no-progress"]
+    cmd += [arg for o in overrides for arg in ("--set", o)] + (["--resume"] if resume else [])
+    return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path, synthetic_aptos):
+    base = tiny_overrides(synthetic_aptos, tmp_path / "cache", tmp_path / "runs", "baseline")
+    base += ["optim.epochs=3", "optim.class_balance=sampler"]
+    straight = _cli("baseline", base + ["run_name=straight"])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    crashed = _cli("baseline", base + ["run_name=crashed"], env={CRASH_ENV: "6"})
+    assert crashed.returncode == -9, crashed.stderr[-2000:]  # SIGKILL mid-epoch 2
+    resumed = _cli("baseline", base + ["run_name=crashed"], resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed at epoch 2" in resumed.stdout
+    runs = tmp_path / "runs"
+    a = load_file(str(runs / "straight" / "bundle" / "weights.safetensors"))
+    b = load_file(str(runs / "crashed" / "bundle" / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads((runs / "straight" / "metrics.json").read_text()) == json.loads(
+        (runs / "crashed" / "metrics.json").read_text())
+    history = (runs / "crashed" / "history.csv").read_text().strip().splitlines()
+    assert len(history) == 4  # header + 3 epochs, no duplicate rows after the resume
+
+
+def test_torchrun_two_processes_write_one_bundle(tmp_path, synthetic_aptos):
+    overrides = tiny_overrides(synthetic_aptos, tmp_path / "cache", tmp_path / "runs", "baseline")
+    overrides += ["optim.epochs=1", "run_name=ddp", "optim.freeze_epochs=0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--standalone", "-m", "training.train_baseline", "--no-progress"]
+    cmd += [arg for o in overrides for arg in ("--set", o)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundles = list((tmp_path / "runs" / "ddp").glob("bundle/manifest.json"))
+    assert len(bundles) == 1
+    assert proc.stdout.count("bundle written to") == 1
+    Predictor(load_bundle(bundles[0].parent), "cpu", cache=ModelCache()).predict(
+        _first_image(synthetic_aptos))
