@@ -38,6 +38,7 @@ class Row:
     forward_ms: float
     ours_ms: float
     plain_ms: float | None
+    min_ratio: float  # ours / forward from the fastest call of each: robust to a loaded machine
     throughput: dict[int, tuple[float, float]] = field(default_factory=dict)  # bs -> (fwd, cam)
 
 
@@ -48,8 +49,8 @@ def _sync(device: torch.device) -> None:
 
 def interleaved_ms(
     fns: dict[str, Callable[[], object]], rounds: dict[str, int], device: torch.device
-) -> dict[str, float]:
-    """Median ms per function, timed round-robin so machine noise hits every column alike.
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(median, min) ms per function, timed round-robin so noise hits every column alike.
 
     Each function is warmed up once; ``rounds[name]`` caps how often a slow one is repeated.
     """
@@ -65,7 +66,8 @@ def interleaved_ms(
             fn()
             _sync(device)
             times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return medians, {name: min(t) for name, t in times.items()}
 
 
 def _arch_kind(model: torch.nn.Module) -> str:
@@ -102,13 +104,14 @@ def bench_arch(arch: str, args: argparse.Namespace, device: torch.device) -> Row
     if not args.skip_plain:
         fns["plain"] = lambda: plain_gradcam(model, x, layer, kind)
         rounds["plain"] = max(1, min(args.repeats, args.plain_repeats))
-    ms = interleaved_ms(fns, rounds, device)
+    ms, best = interleaved_ms(fns, rounds, device)
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
-    row = Row(arch, n_params, layer, ms["forward"], ms["ours"], ms.get("plain"))
+    row = Row(arch, n_params, layer, ms["forward"], ms["ours"], ms.get("plain"),
+              best["ours"] / best["forward"])
     for bs in (b for b in args.batch_sizes if b > 1):
         xb = torch.randn(bs, 3, 224, 224, device=device)
         batched = {"f": lambda xb=xb: forward(xb), "c": lambda xb=xb: ours(xb)}
-        bms = interleaved_ms(batched, {"f": args.repeats, "c": args.repeats}, device)
+        bms, _ = interleaved_ms(batched, {"f": args.repeats, "c": args.repeats}, device)
         row.throughput[bs] = (bs * 1000 / bms["f"], bs * 1000 / bms["c"])
     return row
 
@@ -116,14 +119,15 @@ def bench_arch(arch: str, args: argparse.Namespace, device: torch.device) -> Row
 def render(rows: list[Row], batch_sizes: list[int]) -> str:
     extra = [b for b in batch_sizes if b > 1]
     head = ["model", "params (M)", "CAM layer", "forward ms", "our Grad-CAM ms",
-            "ours / forward", f"target <= {TARGET_RATIO}x", "plain pytorch-grad-cam ms",
-            "plain / forward"]
+            "ours / forward", "(of minima)", f"target <= {TARGET_RATIO}x",
+            "plain pytorch-grad-cam ms", "plain / forward"]
     head += [h for b in extra for h in (f"forward img/s @{b}", f"our CAM img/s @{b}")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ratio = r.ours_ms / r.forward_ms
         cells = [r.arch, f"{r.params_m:.1f}", f"`{r.layer}`", f"{r.forward_ms:.1f}",
-                 f"{r.ours_ms:.1f}", f"{ratio:.2f}x", "met" if ratio <= TARGET_RATIO else "MISSED",
+                 f"{r.ours_ms:.1f}", f"{ratio:.2f}x", f"{r.min_ratio:.2f}x",
+                 "met" if ratio <= TARGET_RATIO else "MISSED",
                  "-" if r.plain_ms is None else f"{r.plain_ms:.1f}",
                  "-" if r.plain_ms is None else f"{r.plain_ms / r.forward_ms:.2f}x"]
         cells += [f"{v:.1f}" for b in extra for v in r.throughput[b]]

@@ -178,7 +178,7 @@ def _explanation_mode(model: nn.Module, device_type: str) -> Iterator[None]:
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
-    modes = [(m, m.training) for m in model.modules()]
+    training = [m for m in model.modules() if m.training]
     ckpt = [m for m in model.modules() if getattr(m, "grad_checkpointing", False) is True]
     hooks = _hook_snapshot(model)
     try:
@@ -186,7 +186,8 @@ def _explanation_mode(model: nn.Module, device_type: str) -> Iterator[None]:
             p.requires_grad_(False)
         for m in ckpt:
             m.grad_checkpointing = False  # checkpointing re-runs forwards: hooks would fire twice
-        model.eval()
+        for m in training:
+            m.training = False  # eval() without touching the (usual) modules already in eval
         no_autocast = torch.autocast(device_type, enabled=False)
         with torch.inference_mode(False), torch.enable_grad(), no_autocast:
             yield
@@ -196,8 +197,8 @@ def _explanation_mode(model: nn.Module, device_type: str) -> Iterator[None]:
             p.grad = grad
         for m in ckpt:
             m.grad_checkpointing = True
-        for m, training in modes:
-            m.training = training
+        for m in training:
+            m.training = True
         _remove_leaked_hooks(model, hooks)
 
 

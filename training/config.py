@@ -38,6 +38,7 @@ class DataConfig:
     synthetic_size: int = 384
     synthetic_dir: str = "data/synthetic"
     limit: int | None = None  # use the first N rows (smoke runs)
+    augment: bool = True  # flips, rotation, colour jitter, scale (after cropping)
 
 
 @dataclass(frozen=True)

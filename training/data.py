@@ -20,12 +20,13 @@ class CachedFundusDataset(Dataset):
     """(tensor, grade) pairs read from the cache; augmentation only when `train` is set."""
 
     def __init__(self, cache_folder: Path, rows: Sequence[int], grades: Sequence[int],
-                 spec: PreprocessSpec, *, train: bool, seed: int) -> None:
+                 spec: PreprocessSpec, *, train: bool, seed: int, augment: bool = True) -> None:
         self.cache_folder = Path(cache_folder)
         self.rows = list(rows)
         self.grades = [int(g) for g in grades]
         self.spec = spec
         self.train = train
+        self.augment = augment and train
         self.seed = seed
         self.epoch = 0
         self._images: np.ndarray | None = None  # opened lazily in each worker process
@@ -42,7 +43,7 @@ class CachedFundusDataset(Dataset):
         row = self.rows[k]
         work = np.array(self._images[row])
         augment = None
-        if self.train:
+        if self.augment:
             augment = build_augment(np.random.default_rng([self.seed, self.epoch, row]))
         return finish_tensor(work, self.spec, augment=augment), self.grades[k]
 

@@ -59,7 +59,7 @@ def make_loaders(cfg: TrainConfig, cache_folder: Path, train_rows, train_grades,
                  val_grades, dist_info: DistInfo) -> Loaders:
     spec = cfg.preprocessing
     train_ds = CachedFundusDataset(cache_folder, train_rows, train_grades, spec, train=True,
-                                   seed=cfg.seed)
+                                   seed=cfg.seed, augment=cfg.data.augment)
     val_ds = CachedFundusDataset(cache_folder, val_rows, val_grades, spec, train=False,
                                  seed=cfg.seed)
     sampler = EpochSampler(train_grades, cfg.seed, balanced=cfg.optim.class_balance == "sampler",
@@ -180,7 +180,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
             if (i + 1) % cfg.optim.grad_accum == 0:
                 self._optimizer_step()
-            losses.append(float(loss) * cfg.optim.grad_accum)
+            losses.append(loss.detach().item() * cfg.optim.grad_accum)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             _maybe_crash(self.state.step)
         return float(np.mean(losses)) if losses else float("nan")

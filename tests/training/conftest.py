@@ -29,6 +29,7 @@ def tiny_overrides(data_dir: Path, cache_dir: Path, out_dir: Path, tier: str) ->
     vit = "{embed_dim: 64, depth: 2, num_heads: 4, patch_size: 16}"
     if tier == "retfound":
         return common + [f"model.vit={vit}", "optim.lr=1e-3", "optim.layer_decay=0.75",
+                         "model.checkpoint_path=null",
                          "model.drop_path_rate=0.0"]
     return common + ["optim.lr=5e-3", "model.lora_r=4", "model.lora_alpha=8",
                      "optim.layer_decay=1.0"]

@@ -22,6 +22,8 @@ from training.loop import CRASH_ENV
 from training.run import run
 
 REPO = Path(__file__).resolve().parents[2]
+# Enough steps, without augmentation, for a tiny model to fit 36 images: the loss must fall.
+LEARN = ("optim.epochs=5", "data.augment=false", "optim.freeze_epochs=0")
 
 
 def _cfg(tmp_path, synthetic_aptos, tier, *extra):
@@ -37,7 +39,7 @@ def _first_image(data_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def retfound_run(tmp_path_factory, synthetic_aptos):
     tmp = tmp_path_factory.mktemp("retfound")
-    return run(_cfg(tmp, synthetic_aptos, "retfound", "optim.epochs=4"), progress=False)
+    return run(_cfg(tmp, synthetic_aptos, "retfound", *LEARN), progress=False)
 
 
 def _loss_fell(history):
@@ -46,7 +48,7 @@ def _loss_fell(history):
 
 
 def test_baseline_learns_and_its_bundle_predicts(tmp_path, synthetic_aptos):
-    result = run(_cfg(tmp_path, synthetic_aptos, "baseline", "optim.epochs=4"), progress=False)
+    result = run(_cfg(tmp_path, synthetic_aptos, "baseline", *LEARN), progress=False)
     _loss_fell(result.history)
     bundle = load_bundle(result.bundle.path)
     assert bundle.manifest.tier == "baseline" and bundle.manifest.demo
@@ -67,7 +69,7 @@ def test_retfound_tier_learns(retfound_run, synthetic_aptos):
 
 def test_lora_tier_learns_over_a_base_bundle(tmp_path, synthetic_aptos, retfound_run):
     base = retfound_run.bundle.path
-    cfg = _cfg(tmp_path, synthetic_aptos, "lora", "optim.epochs=4",
+    cfg = _cfg(tmp_path, synthetic_aptos, "lora", *LEARN,
                f"bundle_dir={base.parent / 'lora-bundle'}", f"model.checkpoint_path={base}")
     result = run(cfg, progress=False)
     _loss_fell(result.history)
