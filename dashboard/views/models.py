@@ -1,26 +1,95 @@
-"""Models page: every installed bundle and its model card."""
+"""Models page: every installed bundle's card, validation metrics, plots and training curves."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from core.bundle import discover_bundles, models_dir
-from core.wording import DEMO_NOTICE
-from dashboard.components.notice import research_notice_ui
+from core.bundle import MODEL_CARD_FILE, Bundle, models_dir
+from dashboard.components.bundles import TIER_NAMES, installed, is_grader
+from dashboard.components.model_card import (
+    confusion_figure,
+    history_figure,
+    metrics_rows,
+    read_history,
+    reliability_figure,
+)
+from dashboard.components.notice import demo_notice_ui, licence_notice_ui, research_notice_ui
 
 research_notice_ui()
 st.title("Installed models")
-found = discover_bundles()
+found = installed()
 st.caption(f"Bundles are read from `{models_dir()}` (set DR_MODELS_DIR to change).")
 if not found.bundles:
-    st.info("No model bundles installed yet. See models/README.md for how to train or import one.")
-for bundle in found.bundles:
+    st.info("No model bundles are installed yet. See models/README.md to train or import one.")
+demo_notice_ui(found.bundles)
+licence_notice_ui(found.bundles)
+_CHART = {"displayModeBar": False}
+
+
+def _facts(bundle: Bundle) -> None:
     m = bundle.manifest
-    with st.expander(f"{m.name} {m.version} - tier: {m.tier}" + (" - DEMO" if m.demo else ""),
-                     expanded=True):
+    arch = m.architecture
+    st.table({"": ["Tier", "Architecture", "Input", "Outputs", "Demo model", "Licence",
+                   "Training data", "Base bundle", "Thresholds (referable / VT)", "Temperature"],
+              "value": [TIER_NAMES.get(m.tier, m.tier),
+                        f"{arch.builder} {arch.kwargs.get('model_name', '')}".strip(),
+                        f"{m.preprocessing.input_size} px, Ben Graham "
+                        f"{'on' if m.preprocessing.ben_graham else 'off'}",
+                        ", ".join(m.outputs) + ("" if is_grader(bundle) else
+                                                " (encoder only: cannot grade)"),
+                        "YES - synthetic training images" if m.demo else "no",
+                        m.license or "not stated", m.provenance.training_data,
+                        m.base_bundle or "-",
+                        f"{m.calibration.referable_threshold:.3f} / "
+                        f"{m.calibration.vision_threatening_threshold:.3f}",
+                        f"{m.calibration.temperature:.3f}"]}, hide_header=True)
+
+
+def _evaluation(bundle: Bundle) -> None:
+    ev = bundle.manifest.evaluation
+    if not ev:
+        st.caption("No validation metrics recorded in this bundle.")
+        return
+    st.markdown("**Validation metrics**" + (" (on synthetic validation images)"
+                                             if bundle.manifest.demo else ""))
+    st.dataframe(metrics_rows(ev), hide_index=True, width="stretch")
+    cols = st.columns(2)
+    if ev.get("confusion_matrix"):
+        cols[0].plotly_chart(confusion_figure(ev["confusion_matrix"]), config=_CHART,
+                             key=f"cm-{bundle.key}")
+    if isinstance(ev.get("reliability"), dict):
+        cols[1].plotly_chart(reliability_figure(ev["reliability"]), config=_CHART,
+                             key=f"rel-{bundle.key}")
+
+
+def _bundle(bundle: Bundle) -> None:
+    m = bundle.manifest
+    with st.container(border=True):
+        st.subheader(f"{m.name} {m.version} - {TIER_NAMES.get(m.tier, m.tier)}")
         if m.demo:
-            st.error(DEMO_NOTICE, icon=":material/warning:")
-        card = bundle.path / "MODEL_CARD.md"
-        st.markdown(card.read_text(encoding="utf-8") if card.is_file() else "_No model card._")
+            st.badge("DEMO MODEL: trained on synthetic images", color="red",
+                     icon=":material/warning:")
+        overview, validation, curves, card_tab = st.tabs(
+            ["Overview", "Validation", "Training curves", "Model card"])
+        with overview:
+            _facts(bundle)
+        with validation:
+            _evaluation(bundle)
+        with curves:
+            history = read_history(m.provenance.run_dir)
+            if history:
+                st.plotly_chart(history_figure(history), config=_CHART, key=f"hist-{bundle.key}")
+            else:
+                where = f"`{m.provenance.run_dir}`" if m.provenance.run_dir else "not recorded"
+                st.caption(f"No training history here (run folder {where}).")
+        with card_tab:
+            card = bundle.path / MODEL_CARD_FILE
+            st.markdown(card.read_text(encoding="utf-8") if card.is_file() else "_No model card._")
+
+
+for item in found.bundles:
+    _bundle(item)
+if found.problems:
+    st.subheader("Bundles that could not be loaded")
 for folder, problem in found.problems:
-    st.error(f"Could not load bundle `{folder.name}`: {problem}")
+    st.error(f"Could not load `{folder.name}`: {problem}")

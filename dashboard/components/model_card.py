@@ -1,0 +1,107 @@
+"""Model-card pieces: validation metrics table, confusion matrix, reliability plot, curves."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from core.grading import GRADE_NAMES
+
+_SCREENING_KEYS = ("sensitivity", "specificity", "auroc", "threshold", "n_positive", "n_negative")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def metrics_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
+    """Flatten manifest.evaluation into (metric, value) rows; matrices and bins are plotted."""
+    rows = []
+    for key, value in evaluation.items():
+        if key in ("confusion_matrix", "reliability"):
+            continue
+        if isinstance(value, dict):
+            for sub in _SCREENING_KEYS:
+                if sub in value:
+                    rows.append({"metric": f"{key} {sub}", "value": _fmt(value[sub])})
+        elif isinstance(value, list):
+            rows.append({"metric": key, "value": ", ".join(_fmt(v) for v in value)})
+        else:
+            rows.append({"metric": key, "value": _fmt(value)})
+    return rows
+
+
+def confusion_figure(cm: list[list[int]]) -> go.Figure:
+    """Counts annotated, shading by fraction of each true grade (rare grades stay readable)."""
+    labels = [f"{g} {GRADE_NAMES[g]}" for g in range(len(cm))]
+    frac = [[c / sum(row) if sum(row) else 0.0 for c in row] for row in cm]
+    fig = go.Figure(go.Heatmap(
+        z=frac, x=labels, y=labels, text=[[str(c) for c in row] for row in cm],
+        texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1,
+        colorbar=dict(title="share of true grade"),
+        hovertemplate="true %{y}<br>predicted %{x}<br>count %{text}<extra></extra>"))
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text="Confusion matrix (validation)", font=dict(size=14)),
+                      xaxis_title="predicted grade", yaxis_title="true grade",
+                      yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def reliability_figure(rel: dict[str, list]) -> go.Figure:
+    """Top-class confidence vs accuracy per bin (training.metrics.reliability_bins keys)."""
+    conf, acc, count = rel.get("confidence", []), rel.get("accuracy", []), rel.get("count", [])
+    pts = [(c, a, n) for c, a, n in zip(conf, acc, count or [None] * len(conf), strict=False)
+           if c is not None and a is not None]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line=dict(dash="dash", color="grey")))
+    fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                             name="model", text=[f"n={p[2]}" for p in pts],
+                             hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{text}"
+                             "<extra></extra>"))
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text="Reliability (calibrated, validation)", font=dict(size=14)),
+                      xaxis=dict(title="confidence", range=[0, 1]),
+                      yaxis=dict(title="accuracy", range=[0, 1]), legend=dict(x=0.02, y=0.98))
+    return fig
+
+
+def read_history(run_dir: str | None) -> list[dict[str, float]]:
+    """Numeric columns of run_dir/history.csv; empty when the run folder is not here."""
+    if not run_dir:
+        return []
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for raw in csv.DictReader(fh):
+            row = {}
+            for k, v in raw.items():
+                try:
+                    row[k] = float(v)
+                except (TypeError, ValueError):
+                    continue
+            rows.append(row)
+    return rows
+
+
+def history_figure(history: list[dict[str, float]]) -> go.Figure:
+    """One line per logged metric against epoch (losses and scores share the axis)."""
+    keys = sorted({k for row in history for k in row if k != "epoch"})
+    epochs = [row.get("epoch", i) + 1 for i, row in enumerate(history)]
+    fig = go.Figure()
+    for k in keys:
+        fig.add_trace(go.Scatter(x=epochs, y=[row.get(k) for row in history],
+                                 mode="lines+markers", name=k))
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10),
+                      title=dict(text="Training curves", font=dict(size=14)),
+                      xaxis_title="epoch", legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -1,0 +1,91 @@
+"""Explain page: several heatmap methods side by side for one photo, with their strength."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.grading import GRADE_NAMES
+from dashboard.components.analysis import analysis_for, explanation_for, load_predictor
+from dashboard.components.bundles import bundle_selector_ui, explain_methods, graders, installed
+from dashboard.components.heatmap import heatmap_caption, opacity_ui, overlay_image, scaled_heatmap
+from dashboard.components.notice import demo_notice_ui, licence_notice_ui, research_notice_ui
+from dashboard.components.result_card import headline
+from dashboard.components.upload import photo_inputs_ui
+
+TARGETS = ("predicted grade", "a chosen grade", "referable (grades 2-4)")
+
+research_notice_ui()
+st.title("Explain a result")
+st.caption("Compare how different explanation methods highlight the same photo. "
+           + heatmap_caption())
+bundles = graders(installed())
+if not bundles:
+    st.info("No grading model is installed. See models/README.md.")
+    st.stop()
+bundle = bundle_selector_ui(bundles, key="explain-bundle")
+demo_notice_ui([bundle])
+licence_notice_ui([bundle])
+predictor, load_error = load_predictor(bundle)
+if predictor is None:
+    st.error(load_error)
+    st.stop()
+
+
+methods_ok = explain_methods(predictor)
+default = [m for m in (bundle.manifest.explanation.method, "eigencam") if m in methods_ok]
+c1, c2, c3 = st.columns([3, 2, 2])
+methods = c1.multiselect("Methods", methods_ok, default=list(dict.fromkeys(default)),
+                         key="explain-methods")
+target_kind = c2.radio("Explain", TARGETS, key="explain-target")
+chosen = c2.selectbox("Grade", range(5), format_func=lambda g: f"{g} {GRADE_NAMES[g]}",
+                      key="explain-grade", disabled=target_kind != TARGETS[1])
+with c3:
+    alpha = opacity_ui(key="explain-opacity")
+    common = st.checkbox("Common scale across maps", key="explain-common",
+                         help="Scale every map by its raw peak, so a weak map looks weak. Peaks "
+                              "of different methods are in different units: compare with care.")
+
+photos = photo_inputs_ui(key="explain", multiple=False)
+if not photos:
+    st.info("Upload a photo or pick a synthetic sample.")
+    st.stop()
+analysis = analysis_for(bundle, photos[-1])
+if analysis.error:
+    st.error(analysis.error)
+    st.stop()
+pred = analysis.prediction
+st.markdown(f"**{analysis.photo.name}** - {headline(pred)}")
+if not pred.gradable:
+    st.warning("The photo is ungradable, so there is no grade to explain. Re-image or refer.")
+    st.stop()
+if not methods:
+    st.info("Choose at least one method.")
+    st.stop()
+
+target: int | str = {TARGETS[0]: "predicted", TARGETS[1]: int(chosen or 0),
+                     TARGETS[2]: "referable"}[target_kind or TARGETS[0]]
+with st.spinner("Computing heatmaps..."):
+    results = {m: explanation_for(analysis, m, target) for m in methods}
+maps = {m: e for m, e in results.items() if not isinstance(e, str)}
+peak = max((e.raw_max for e in maps.values()), default=0.0) if common else None
+
+per_row = 3
+cells = [("Photo (un-annotated)", None)] + list(results.items())
+for lo in range(0, len(cells), per_row):
+    cols = st.columns(per_row)
+    for col, (name, exp) in zip(cols, cells[lo:lo + per_row], strict=False):
+        with col:
+            if exp is None:
+                st.image(analysis.prepared.pre.cropped, caption=name, width="stretch")
+            elif isinstance(exp, str):
+                st.error(exp)
+            else:
+                st.image(overlay_image(analysis.prepared.pre.cropped,
+                                       scaled_heatmap(exp, peak), alpha), width="stretch",
+                         caption=f"{exp.method} - target: {exp.target}")
+                rel = exp.raw_max / peak if peak else None
+                st.caption(f"Layer `{exp.layer}` - raw peak strength {exp.raw_max:.3g}"
+                           + (f" ({rel:.0%} of the strongest)" if rel is not None else ""))
+                if rel is not None:
+                    st.progress(min(1.0, rel))
+st.caption(heatmap_caption())

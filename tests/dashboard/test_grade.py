@@ -1,0 +1,158 @@
+"""Grade page through AppTest: result card, bad files, ungradable photos, sign-off, reruns."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.grading import DME_NOT_ASSESSED, PROGRAMMES, Urgency
+from core.wording import DEMO_NOTICE, HEATMAP_CAPTION, RESEARCH_USE_NOTICE
+from tests.dashboard.pages_support import (REPO, TIMEOUT, VIEWS, all_text, build_models,
+                                           fundus_png, grey_png, noise_png, texts, use_env)
+
+PAGE = str(VIEWS / "grade.py")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return build_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def app(models, tmp_path, monkeypatch):
+    use_env(monkeypatch, models, tmp_path)
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _upload(at, *files):
+    at.file_uploader(key="grade-upload").set_value(list(files))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_empty_page_leads_with_notice_and_offers_only_graders(app):
+    assert app.warning[0].value == RESEARCH_USE_NOTICE
+    labels = app.selectbox(key="grade-bundle").options  # formatted labels
+    assert any(label.startswith("DEMO - tiny-cnn") for label in labels)
+    assert not any("tiny-encoder" in label for label in labels)  # encoder-only: cannot grade
+    assert len(labels) == 3
+    assert any(DEMO_NOTICE in e for e in texts(app, "error"))  # default bundle is the demo one
+
+
+def test_synthetic_sample_gives_a_result_card(app):
+    sample = app.selectbox(key="grade-sample")
+    sample.set_value(sample.options[3]).run()  # grade 2 sample
+    assert not app.exception
+    text = all_text(app)
+    assert "Synthetic sample" in text
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Gradable"] == "YES"
+    assert metrics["Referable DR"] in ("YES", "no")
+    assert "Suggested grade:" in text and DME_NOT_ASSESSED in text
+    assert "Guideline:" in text and HEATMAP_CAPTION in text
+    assert "Model **tiny-cnn** version **0.1**" in text
+    assert len(app.get("image")) == 3  # photo, what the model saw, heatmap overlay
+    assert len(app.get("plotly_chart")) == 1
+    assert app.slider(key=next(s.key for s in app.slider if s.key.startswith("opacity")))
+
+
+def test_corrupt_file_shows_message_and_next_upload_grades(app):
+    _upload(app, ("broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg"))
+    errors = texts(app, "error")
+    assert any("broken.jpg" in e for e in errors), errors
+    assert not app.exception
+    _upload(app, ("broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg"),
+            ("eye.png", fundus_png(1), "image/png"))
+    metrics = [(m.label, m.value) for m in app.metric]
+    assert ("Gradable", "YES") in metrics
+    assert any("broken.jpg" in e for e in texts(app, "error"))  # the bad one still explained
+    assert "Could not read the file" in str(app.dataframe[0].value)  # the summary lists both
+
+
+@pytest.mark.parametrize("name,data", [("grey.png", grey_png()), ("noise.png", noise_png())])
+def test_non_fundus_picture_is_ungradable_never_graded(app, name, data):
+    _upload(app, (name, data, "image/png"))
+    text = all_text(app)
+    assert Urgency.UNGRADABLE.label in text
+    assert {m.label: m.value for m in app.metric}["Gradable"] == "NO"
+    assert "Suggested grade" not in text
+    assert "not a fundus photograph" in text or "no fundus field found" in text
+    assert len(app.get("plotly_chart")) == 0  # no probabilities for an ungradable photo
+
+
+def test_programme_switch_shows_uk_mapping_caveat(app):
+    _upload(app, ("eye.png", fundus_png(2), "image/png"))
+    app.radio(key="grade-programme").set_value(PROGRAMMES[1]).run()
+    assert "ICDR-to-NHS mapping is approximate" in all_text(app)
+
+
+def test_slider_move_does_not_recompute(app, monkeypatch):
+    from core.predict import Predictor
+    from core.explain import Explanation  # noqa: F401 - imported for clarity of what is counted
+
+    calls = {"predict": 0, "explain": 0}
+    orig_predict, orig_explain = Predictor.predict_prepared, Predictor.explain
+
+    def predict(self, *a, **k):
+        calls["predict"] += 1
+        return orig_predict(self, *a, **k)
+
+    def explain(self, *a, **k):
+        calls["explain"] += 1
+        return orig_explain(self, *a, **k)
+
+    monkeypatch.setattr(Predictor, "predict_prepared", predict)
+    monkeypatch.setattr(Predictor, "explain", explain)
+    _upload(app, ("eye.png", fundus_png(3), "image/png"))
+    assert calls == {"predict": 1, "explain": 1}
+    slider = next(s for s in app.slider if s.key.startswith("opacity"))
+    slider.set_value(0.8).run()
+    app.radio(key="grade-programme").set_value(PROGRAMMES[1]).run()
+    assert not app.exception
+    assert calls == {"predict": 1, "explain": 1}
+
+
+def test_signoff_is_stored_and_read_back(app, tmp_path):
+    store = pytest.importorskip("core.store")
+    _upload(app, ("eye.png", fundus_png(4), "image/png"))
+    key = next(t.key for t in app.text_input if t.key.startswith("clinician-"))
+    suffix = key[len("clinician-"):]
+    app.radio(key=f"decision-{suffix}").set_value("override")
+    app.selectbox(key=f"final-{suffix}").set_value("3 - Severe NPDR")
+    app.text_input(key=f"reason-{suffix}").set_value("IRMA in two quadrants")
+    app.text_input(key=key).set_value("Dr Test")
+    app.button[0].click().run()
+    assert not app.exception
+    assert any("Sign-off stored" in s for s in texts(app, "success")), all_text(app)
+    from core.images import image_fingerprint
+
+    rows = store.Store(tmp_path / "signoffs.db").signoffs(image_hash=image_fingerprint(
+        fundus_png(4)))
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.decision, row.final_grade, row.clinician) == ("override", 3, "Dr Test")
+    assert row.reason == "IRMA in two quadrants" and row.model == "tiny-cnn"
+    assert "Earlier sign-offs for this photo (1)" in all_text(app)
+
+
+def test_signoff_override_without_reason_is_refused(app):
+    _upload(app, ("eye.png", fundus_png(5), "image/png"))
+    key = next(t.key for t in app.text_input if t.key.startswith("clinician-"))
+    suffix = key[len("clinician-"):]
+    app.radio(key=f"decision-{suffix}").set_value("override")
+    app.text_input(key=key).set_value("Dr Test")
+    app.button[0].click().run()
+    assert any("needs a reason" in e for e in texts(app, "error"))
+    assert not any("Sign-off stored" in s for s in texts(app, "success"))
+
+
+def test_router_opens_grade_by_default(models, tmp_path, monkeypatch):
+    use_env(monkeypatch, models, tmp_path)
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert at.title[0].value == "Grade a fundus photo"
+    assert at.warning[0].value == RESEARCH_USE_NOTICE
