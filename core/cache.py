@@ -102,13 +102,16 @@ class ModelCache:
             with self._lock:
                 if key in self._entries:
                     return self._entries[key][0]
-            value = load()
+            try:
+                value = load()
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
             size = module_nbytes(value) if isinstance(value, nn.Module) else sum(
                 t.numel() * t.element_size() for t in value.values())
             with self._lock:
                 self._entries[key] = (value, size)
                 self._evict_locked(keep=key)
-                self._loading.pop(key, None)
             return value
 
     def _evict_locked(self, keep: tuple) -> None:

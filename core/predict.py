@@ -24,7 +24,7 @@ from core.errors import BundleError
 from core.explain import Explanation, explain
 from core.images import decode_image
 from core.lora_bundle import HOST_PREFIX
-from core.preprocessing import FieldFit, Preprocessed, preprocess
+from core.preprocessing import FieldFit, Preprocessed, decode_min_side, preprocess
 from core.quality import QualityReport, assess
 
 
@@ -87,7 +87,7 @@ class Predictor:
         """Decode (bytes, path, file or RGB array), find the field, assess quality, preprocess."""
         spec = self.manifest.preprocessing
         rgb = source if isinstance(source, np.ndarray) else decode_image(
-            source, min_side=2 * spec.input_size)
+            source, min_side=decode_min_side(spec))
         pre = preprocess(rgb, spec)
         return PreparedImage(rgb, pre, assess(rgb, field=pre.field))
 

@@ -467,9 +467,14 @@ def preprocess_file(
     return preprocess(decode_image(source, min_side=decode_min_side(spec)), spec, augment=augment)
 
 
+QUALITY_DECODE_SIDE = 768  # the quality gate measures field size and focus in decoded pixels
+
+
 def decode_min_side(spec: PreprocessSpec) -> int:
-    """Shorter side to decode at: the working crop's side, so the crop is rarely upsampled."""
-    return work_side(spec)
+    """Shorter side to decode at, for training and serving alike: at least the working crop
+    (so it is rarely upsampled) and at least QUALITY_DECODE_SIDE, so that a photo's quality
+    verdict does not depend on which model's input size asked for it."""
+    return max(work_side(spec), QUALITY_DECODE_SIDE)
 
 
 def to_model_batch(items: Sequence[Preprocessed]) -> torch.Tensor:

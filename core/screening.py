@@ -261,7 +261,10 @@ def _open_run(store: Store, run_id: int | None, sources: Any, keys: list[str],
                               "with the same models, or start a new run.")
         return run_id, pattern if pattern is not None else info.settings.get("pattern")
     settings = {"pattern": pattern, "batch_size": batch_size,
-                "models": {p.bundle.key: p.settings() for p in predictors}}
+                "models": {p.bundle.key: {**p.settings(), "name": p.manifest.name,
+                                           "version": p.manifest.version,
+                                           "demo": p.manifest.demo, "tier": p.manifest.tier}
+                           for p in predictors}}
     return store.create_run(_describe(sources), keys, settings), pattern
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Retrain the three demo bundles shipped in models/ (synthetic data, CPU is enough; ~1-2 h on 2 cores).
+# Retrain the three demo bundles shipped in models/ (synthetic data; CPU is enough: about an hour on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m training.train_baseline --config training/configs/demo_baseline.yaml "$@"

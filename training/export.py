@@ -16,7 +16,7 @@ exporter, which honours the opset. LoRA bundles are merged into a plain ViT firs
 
 The model's input is the preprocessed, normalised NCHW float32 tensor (core.preprocessing:
 field crop, resize, normalise happen outside the graph); its output is raw logits. The sidecar
-JSON (`<out>.json`) carries the manifest's preprocessing, temperature and operating thresholds
+JSON (`<out>.onnx.json`) carries the manifest's preprocessing, temperature and operating thresholds
 so a consumer can reproduce the dashboard's probabilities and referral decisions.
 """
 
@@ -221,9 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.export",
                                      description="Export a bundle to ONNX and verify it with "
                                                  "ONNX Runtime.")
-    parser.add_argument("--checkpoint", required=True, help="bundle folder (e.g. models/demo-baseline)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="bundle folder (e.g. models/demo-baseline)")
     parser.add_argument("--format", choices=["onnx"], default="onnx")
-    parser.add_argument("--out", required=True, help="output .onnx path (sidecar: <out>.json)")
+    parser.add_argument("--out", required=True, help="output .onnx path (sidecar: <out>.onnx.json)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET}; < 18 uses the TorchScript "
                              "exporter)")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from core.errors import DRError
 from core.images import decode_image
-from core.preprocessing import PreprocessSpec, decode_min_side, prepare_work
+from core.preprocessing import PreprocessSpec, decode_min_side, prepare_work, work_side
 from training.datasets import LabelledImage
 
 CHUNK = 64  # rows per flush: bounds what an interruption can lose
@@ -46,6 +46,7 @@ def cache_key(records: Sequence[LabelledImage], spec: PreprocessSpec) -> str:
     h = hashlib.sha256()
     relevant = {k: v for k, v in asdict(spec).items() if k in ("input_size", "crop_to_field",
                                                                "ben_graham")}
+    relevant["decode_min_side"] = decode_min_side(spec)
     h.update(json.dumps(relevant, sort_keys=True).encode())
     for r in records:
         stat = r.path.stat()
@@ -58,7 +59,7 @@ def build_cache(records: Sequence[LabelledImage], spec: PreprocessSpec, root: st
     """Create or finish the cache for these records; returns it opened read-only."""
     folder = Path(root) / cache_key(records, spec)
     folder.mkdir(parents=True, exist_ok=True)
-    side = decode_min_side(spec)
+    side = work_side(spec)
     shape = (len(records), side, side, 3)
     images = _open_memmap(folder / "images.npy", shape)
     done = _load_flags(folder / "done.npy", len(records))

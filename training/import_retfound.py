@@ -25,10 +25,11 @@ LICENSE = "CC BY-NC 4.0 (RETFound weights: non-commercial use only)"
 
 
 def import_retfound(checkpoint: str | Path, out: str | Path, *, name: str | None = None,
-                    global_pool: str = "avg", img_size: int = 224) -> Bundle:
+                    global_pool: str = "avg", img_size: int = 224,
+                    num_heads: int | None = None) -> Bundle:
     """Read the checkpoint safely and write an encoder bundle (features, no classifier head)."""
     model = load_retfound_model(checkpoint, num_classes=0, global_pool=global_pool,
-                                img_size=img_size)
+                                img_size=img_size, num_heads=num_heads)
     kwargs = dict(model.retfound_kwargs)
     out = Path(out)
     manifest = Manifest(
@@ -56,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None)
     parser.add_argument("--global-pool", default="avg", choices=["avg", "token"])
     parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--num-heads", type=int, default=None,
+                        help="attention heads (not stored in checkpoints; default width/64)")
     args = parser.parse_args(argv)
     try:
         bundle = import_retfound(args.checkpoint, args.out, name=args.name,
-                                 global_pool=args.global_pool, img_size=args.img_size)
+                                 global_pool=args.global_pool, img_size=args.img_size,
+                                 num_heads=args.num_heads)
     except DRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from core.errors import DRError
 from core.explain import Explanation
 from core.images import decode_image
 from core.predict import Prediction, Predictor, PreparedImage
-from core.preprocessing import DISPLAY_MAX_SIDE
+from core.preprocessing import decode_min_side
 from dashboard.components.bundles import predictor_for
 from dashboard.components.upload import PhotoInput
 from dashboard.state import remembered
@@ -41,20 +41,17 @@ def load_predictor(bundle: Bundle) -> tuple[Predictor | None, str | None]:
         return predictor_for(bundle), None
     except DRError as exc:
         return None, str(exc)
-
-
-def decode_side(predictor: Predictor) -> int:
-    """Decode at least at display size: the quality gate measures field diameter and focus in
-    decoded pixels, so decoding at only 2x a small model input would fail good photos as
-    "low resolution"; the display crop and heatmap overlay also want this size."""
-    return max(2 * predictor.manifest.preprocessing.input_size, DISPLAY_MAX_SIDE)
+    except (OSError, RuntimeError, ValueError) as exc:  # unreadable file, torch refusing it
+        return None, (f"Model bundle {bundle.name!r} could not be loaded ({exc}). Re-copy or "
+                      "re-export the bundle, or pick another one.")
 
 
 def run_analysis(predictor: Predictor, photo: PhotoInput) -> Analysis:
     """Decode with the photo's own name (so errors name the file), gate quality, grade."""
     start = time.perf_counter()
     try:
-        rgb = decode_image(photo.data, min_side=decode_side(predictor), name=photo.name)
+        spec = predictor.manifest.preprocessing
+        rgb = decode_image(photo.data, min_side=decode_min_side(spec), name=photo.name)
         prepared = predictor.prepare(rgb)
         prediction = predictor.predict_prepared([prepared], started=[start])[0]
     except (DRError, ValueError) as exc:

@@ -18,6 +18,17 @@ def referable_disagreement(analyses: list[Analysis]) -> bool:
     return len(votes) > 1
 
 
+def referable_agreement(analyses: list[Analysis]) -> str | None:
+    """'referable' / 'not referable' when every bundle graded the photo and all agree."""
+    preds = [a.prediction for a in analyses if a.ok and a.prediction is not None]
+    if not preds or len(preds) != len(analyses) or not all(p.gradable for p in preds):
+        return None
+    votes = {p.referable for p in preds}
+    if len(votes) != 1:
+        return None
+    return "referable" if votes.pop() else "not referable"
+
+
 def compare_row(a: Analysis, params: int | None) -> dict[str, Any]:
     m = a.bundle.manifest
     row: dict[str, Any] = {

@@ -10,6 +10,12 @@ import plotly.graph_objects as go
 
 from core.grading import GRADE_NAMES
 
+LABELS = {"n": "validation images", "accuracy": "accuracy (5 grades)",
+          "kappa_quadratic": "quadratic-weighted kappa", "kappa": "Cohen's kappa",
+          "macro_auroc": "macro AUROC (5 grades)", "ece": "expected calibration error",
+          "per_class_recall": "recall per grade (0-4)", "class_counts": "images per grade (0-4)",
+          "referable": "referable DR", "vision_threatening": "vision-threatening DR",
+          "temperature": "calibration temperature"}
 _SCREENING_KEYS = ("sensitivity", "specificity", "auroc", "threshold", "n_positive", "n_negative")
 
 
@@ -30,11 +36,13 @@ def metrics_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
         if isinstance(value, dict):
             for sub in _SCREENING_KEYS:
                 if sub in value:
-                    rows.append({"metric": f"{key} {sub}", "value": _fmt(value[sub])})
+                    rows.append({"metric": f"{LABELS.get(key, key)}: {sub.replace('_', ' ')}",
+                                 "value": _fmt(value[sub])})
         elif isinstance(value, list):
-            rows.append({"metric": key, "value": ", ".join(_fmt(v) for v in value)})
+            rows.append({"metric": LABELS.get(key, key),
+                         "value": ", ".join(_fmt(v) for v in value)})
         else:
-            rows.append({"metric": key, "value": _fmt(value)})
+            rows.append({"metric": LABELS.get(key, key), "value": _fmt(value)})
     return rows
 
 
@@ -43,14 +51,15 @@ def confusion_figure(cm: list[list[int]]) -> go.Figure:
     labels = [f"{g} {GRADE_NAMES[g]}" for g in range(len(cm))]
     frac = [[c / sum(row) if sum(row) else 0.0 for c in row] for row in cm]
     fig = go.Figure(go.Heatmap(
-        z=frac, x=labels, y=labels, text=[[str(c) for c in row] for row in cm],
+        z=frac, x=[str(g) for g in range(len(cm))], y=labels,
+        text=[[str(c) for c in row] for row in cm],
         texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1,
         colorbar=dict(title="share of true grade"),
         hovertemplate="true %{y}<br>predicted %{x}<br>count %{text}<extra></extra>"))
     fig.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10),
                       title=dict(text="Confusion matrix (validation)", font=dict(size=14)),
                       xaxis_title="predicted grade", yaxis_title="true grade",
-                      yaxis=dict(autorange="reversed"))
+                      xaxis=dict(type="category"), yaxis=dict(autorange="reversed"))
     return fig
 
 

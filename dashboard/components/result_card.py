@@ -38,7 +38,7 @@ def quality_text(quality: QualityReport) -> str:
 
 
 def _yes_no(flag: bool | None) -> str:
-    return "-" if flag is None else ("YES" if flag else "no")
+    return "not graded" if flag is None else ("YES" if flag else "no")
 
 
 def decision_ui(prediction: Prediction) -> None:

@@ -82,7 +82,7 @@ def earlier_signoffs_ui(image_hash: str) -> None:
         return
     st.markdown(f"**Earlier sign-offs for this photo ({len(rows)})**")
     st.dataframe([{
-        "when": str(getattr(r, "created", "") or getattr(r, "timestamp", "")),
+        "when (UTC)": str(getattr(r, "created_at", "")),
         "clinician": r.clinician, "decision": r.decision,
         "model grade": _grade_text(r.predicted_grade), "final grade": _grade_text(r.final_grade),
         "reason": r.reason, "model": f"{r.model} {r.version}"} for r in rows],

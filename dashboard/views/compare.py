@@ -5,12 +5,27 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.components.analysis import analysis_for, explanation_for, load_predictor
-from dashboard.components.bundles import format_params, graders, installed, parameter_count
-from dashboard.components.compare_table import DISAGREE, compare_row, referable_disagreement
+from dashboard.components.bundles import (
+    TIER_NAMES,
+    format_params,
+    graders,
+    installed,
+    parameter_count,
+)
+from dashboard.components.compare_table import (
+    DISAGREE,
+    compare_row,
+    referable_agreement,
+    referable_disagreement,
+)
 from dashboard.components.heatmap import heatmap_caption, opacity_ui, overlay_image
 from dashboard.components.notice import demo_notice_ui, licence_notice_ui, research_notice_ui
 from dashboard.components.probability_chart import probability_figure
 from dashboard.components.upload import photo_inputs_ui
+
+COLUMNS = {"p_referable": st.column_config.NumberColumn("p(referable)", format="%.3f"),
+           "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.0f"),
+           "parameters": st.column_config.NumberColumn(format="compact")}
 
 research_notice_ui()
 st.title("Compare model tiers")
@@ -43,17 +58,19 @@ for photo in photos:
             analyses = [analysis_for(b, photo) for b in bundles]
         if referable_disagreement(analyses):
             st.error(f"**{DISAGREE}**", icon=":material/group:")
-        st.dataframe([compare_row(a, params[a.bundle.key]) for a in analyses], hide_index=True,
-                     width="stretch", column_config={
-                         "p_referable": st.column_config.NumberColumn(format="%.3f"),
-                         "latency_ms": st.column_config.NumberColumn("latency (ms)",
-                                                                     format="%.0f"),
-                         "parameters": st.column_config.NumberColumn(format="compact")})
+        elif agreed := referable_agreement(analyses):
+            st.success(f"The {len(analyses)} models agree on the referable decision: {agreed}.")
+        rows = [compare_row(a, params[a.bundle.key]) for a in analyses]
+        st.dataframe(rows, hide_index=True, width="stretch", column_config=COLUMNS)
+        first = next((a for a in analyses if a.ok), None)
+        if first is not None:  # the un-annotated photo above the heatmaps, same size
+            st.columns([2, 3, 2])[2].image(first.prepared.pre.cropped, width="stretch",
+                                           caption="Un-annotated photo")
         for a in analyses:
             m = a.bundle.manifest
             cols = st.columns([2, 3, 2])
             n = params[a.bundle.key]
-            cols[0].markdown(f"**{m.name}** {m.version}  \n{m.tier}"
+            cols[0].markdown(f"**{m.name}** {m.version}  \n{TIER_NAMES.get(m.tier, m.tier)}"
                              + (" - **DEMO**" if m.demo else "")
                              + (f"  \n{format_params(n)} parameters" if n else ""))
             if not a.ok:

@@ -29,8 +29,7 @@ predictor, load_error = load_predictor(bundle)
 if predictor is None:
     st.error(load_error)
     st.stop()
-
-
+photos = photo_inputs_ui(key="explain", multiple=False)
 methods_ok = explain_methods(predictor)
 default = [m for m in (bundle.manifest.explanation.method, "eigencam") if m in methods_ok]
 c1, c2, c3 = st.columns([3, 2, 2])
@@ -45,7 +44,6 @@ with c3:
                          help="Scale every map by its raw peak, so a weak map looks weak. Peaks "
                               "of different methods are in different units: compare with care.")
 
-photos = photo_inputs_ui(key="explain", multiple=False)
 if not photos:
     st.info("Upload a photo or pick a synthetic sample.")
     st.stop()
@@ -54,7 +52,8 @@ if analysis.error:
     st.error(analysis.error)
     st.stop()
 pred = analysis.prediction
-st.markdown(f"**{analysis.photo.name}** - {headline(pred)}")
+grade = f" (suggested grade {pred.grade} {GRADE_NAMES[pred.grade]})" if pred.gradable else ""
+st.markdown(f"**{analysis.photo.name}**: {headline(pred)}{grade}")
 if not pred.gradable:
     st.warning("The photo is ungradable, so there is no grade to explain. Re-image or refer.")
     st.stop()
@@ -76,15 +75,17 @@ for lo in range(0, len(cells), per_row):
     for col, (name, exp) in zip(cols, cells[lo:lo + per_row], strict=False):
         with col:
             if exp is None:
-                st.image(analysis.prepared.pre.cropped, caption=name, width="stretch")
+                st.markdown(f"**{name}**")
+                st.image(analysis.prepared.pre.cropped, width="stretch")
             elif isinstance(exp, str):
                 st.error(exp)
             else:
+                st.markdown(f"**{exp.method}**")
                 st.image(overlay_image(analysis.prepared.pre.cropped,
-                                       scaled_heatmap(exp, peak), alpha), width="stretch",
-                         caption=f"{exp.method} - target: {exp.target}")
+                                       scaled_heatmap(exp, peak), alpha), width="stretch")
                 rel = exp.raw_max / peak if peak else None
-                st.caption(f"Layer `{exp.layer}` - raw peak strength {exp.raw_max:.3g}"
+                st.caption(f"Target: {exp.target} - layer `{exp.layer}` - raw peak strength "
+                           f"{exp.raw_max:.3g}"
                            + (f" ({rel:.0%} of the strongest)" if rel is not None else ""))
                 if rel is not None:
                     st.progress(min(1.0, rel))

@@ -49,7 +49,7 @@ def _summary(items: list[Analysis]) -> None:
     st.dataframe([{
         "photo": a.photo.name,
         "result": a.error and "Could not read the file" or headline(a.prediction),
-        "grade": "" if a.error or not a.prediction.gradable else
+        "grade": "-" if a.error else "not graded" if not a.prediction.gradable else
         f"{a.prediction.grade} {GRADE_NAMES[a.prediction.grade]}",
     } for a in items], hide_index=True, width="stretch")
 
@@ -58,9 +58,12 @@ def _images(a: Analysis) -> None:
     """The photo, what the model saw and the heatmap overlay, side by side."""
     pre, spec = a.prepared.pre, bundle.manifest.preprocessing
     cols = st.columns(3)
-    cols[0].image(pre.cropped, caption="Photo (cropped to the fundus field)", width="stretch")
+    crop = "cropped to the fundus field" if pre.field.found else "centre crop: no field found"
+    seen = ("What the model saw" if a.prediction.gradable else
+            "What the model would see (not run: ungradable)")
+    cols[0].image(pre.cropped, caption=f"Photo ({crop})", width="stretch")
     cols[1].image(model_input_rgb(pre.tensor, spec), width="stretch",
-                  caption=f"What the model saw ({spec.input_size} px after preprocessing)")
+                  caption=f"{seen}, {spec.input_size} px after preprocessing")
     with cols[2]:
         if not a.prediction.gradable:
             st.caption("No heatmap: the photo is ungradable.")
@@ -69,9 +72,10 @@ def _images(a: Analysis) -> None:
         if isinstance(exp, str):
             st.warning(exp)
             return
+        slot = st.empty()  # the picture above its slider, level with the other two
         alpha = opacity_ui(key=f"opacity-{a.photo.fingerprint}")
-        st.image(overlay_image(pre.cropped, exp.heatmap, alpha), width="stretch",
-                 caption=f"Heatmap: {exp.method}, target {exp.target}")
+        slot.image(overlay_image(pre.cropped, exp.heatmap, alpha), width="stretch",
+                   caption=f"Heatmap: {exp.method}, target {exp.target}")
     st.caption(heatmap_caption())
 
 
@@ -80,6 +84,9 @@ def _result(a: Analysis) -> None:
         st.subheader(a.photo.name)
         if a.photo.synthetic:
             st.caption(SYNTHETIC_NOTE)
+        if bundle.manifest.demo:
+            st.badge(f"DEMO model {bundle.name}: synthetic training images, not for patients",
+                     color="red", icon=":material/warning:")
         if a.error:
             st.error(a.error)
             return

@@ -39,7 +39,7 @@ def _facts(bundle: Bundle) -> None:
                                                 " (encoder only: cannot grade)"),
                         "YES - synthetic training images" if m.demo else "no",
                         m.license or "not stated", m.provenance.training_data,
-                        m.base_bundle or "-",
+                        m.base_bundle or "none",
                         f"{m.calibration.referable_threshold:.3f} / "
                         f"{m.calibration.vision_threatening_threshold:.3f}",
                         f"{m.calibration.temperature:.3f}"]}, hide_header=True)
@@ -52,7 +52,7 @@ def _evaluation(bundle: Bundle) -> None:
         return
     st.markdown("**Validation metrics**" + (" (on synthetic validation images)"
                                              if bundle.manifest.demo else ""))
-    st.dataframe(metrics_rows(ev), hide_index=True, width="stretch")
+    st.table(metrics_rows(ev), hide_index=True)
     cols = st.columns(2)
     if ev.get("confusion_matrix"):
         cols[0].plotly_chart(confusion_figure(ev["confusion_matrix"]), config=_CHART,
@@ -69,10 +69,8 @@ def _bundle(bundle: Bundle) -> None:
         if m.demo:
             st.badge("DEMO MODEL: trained on synthetic images", color="red",
                      icon=":material/warning:")
-        overview, validation, curves, card_tab = st.tabs(
-            ["Overview", "Validation", "Training curves", "Model card"])
-        with overview:
-            _facts(bundle)
+        _facts(bundle)
+        validation, curves, card_tab = st.tabs(["Validation", "Training curves", "Model card"])
         with validation:
             _evaluation(bundle)
         with curves:

@@ -7,8 +7,18 @@ from streamlit.testing.v1 import AppTest
 
 from core.grading import DME_NOT_ASSESSED, PROGRAMMES, Urgency
 from core.wording import DEMO_NOTICE, HEATMAP_CAPTION, RESEARCH_USE_NOTICE
-from tests.dashboard.pages_support import (REPO, TIMEOUT, VIEWS, all_text, build_models,
-                                           fundus_png, grey_png, noise_png, texts, use_env)
+from tests.dashboard.pages_support import (
+    REPO,
+    TIMEOUT,
+    VIEWS,
+    all_text,
+    build_models,
+    fundus_png,
+    grey_png,
+    noise_png,
+    texts,
+    use_env,
+)
 
 PAGE = str(VIEWS / "grade.py")
 
@@ -91,8 +101,8 @@ def test_programme_switch_shows_uk_mapping_caveat(app):
 
 
 def test_slider_move_does_not_recompute(app, monkeypatch):
-    from core.predict import Predictor
     from core.explain import Explanation  # noqa: F401 - imported for clarity of what is counted
+    from core.predict import Predictor
 
     calls = {"predict": 0, "explain": 0}
     orig_predict, orig_explain = Predictor.predict_prepared, Predictor.explain
@@ -156,3 +166,27 @@ def test_router_opens_grade_by_default(models, tmp_path, monkeypatch):
     assert not at.exception
     assert at.title[0].value == "Grade a fundus photo"
     assert at.warning[0].value == RESEARCH_USE_NOTICE
+
+
+def test_degraded_synthetic_sample_is_ungradable(app):
+    from dashboard.components.upload import DEGRADED
+
+    app.selectbox(key="grade-sample").set_value(DEGRADED).run()
+    assert not app.exception
+    assert {m.label: m.value for m in app.metric}["Gradable"] == "NO"
+    assert "out of focus" in all_text(app)
+
+
+def test_real_photos_graded_and_non_fundus_never_graded(app, fundus_samples_dir):
+    """Real photos (research use, read from ../shared, never copied): a good EyePACS photo and a
+    DRIVE TIFF get a grade; the natural photo and the GUI screenshot are called ungradable."""
+    files = {name: (fundus_samples_dir / name).read_bytes() for name in (
+        "687_right.jpeg", "22_training.tif", "800px-Eye_disease_simulation__normal_vision.jpg",
+        "LoadedImage.png")}
+    _upload(app, *[(name, data, "application/octet-stream") for name, data in files.items()])
+    summary = app.dataframe[0].value
+    results = dict(zip(summary["photo"], summary["result"], strict=True))
+    assert results["800px-Eye_disease_simulation__normal_vision.jpg"] == Urgency.UNGRADABLE.label
+    assert results["LoadedImage.png"] == Urgency.UNGRADABLE.label
+    assert results["687_right.jpeg"] != Urgency.UNGRADABLE.label
+    assert results["22_training.tif"] != Urgency.UNGRADABLE.label

@@ -1,0 +1,137 @@
+"""Store: schema, append-only tables, idempotent results, concurrent writers."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from core.errors import ConfigError
+from core.store import SCHEMA_VERSION, FileRow, ResultRow, Store, default_db_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _rows(run_id: int, n: int, key: str = "m@1#a", prefix: str = "f"):
+    files, results = [], []
+    for i in range(n):
+        f = FileRow(run_id, f"{prefix}{i}_left.jpg", f"{prefix}h{i}", f"{prefix}{i}", "left", 1)
+        files.append(f)
+        results.append(ResultRow(run_id, f.file, f.content_hash, f.patient, "left", 1, "m", "1",
+                                 key, i % 5, (0.2,) * 5, 0.6, 0.4, True, False, 0.2, "good", (),
+                                 3))
+    return files, results
+
+
+def test_schema_wal_and_reopen(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    assert store.schema_version() == SCHEMA_VERSION
+    conn = sqlite3.connect(tmp_path / "db.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    run_id = store.create_run("folder", ["m@1#a"], {"pattern": None})
+    store.close()
+    again = Store(tmp_path / "db.sqlite")  # migrations are not re-applied
+    assert again.run(run_id).source == "folder" and again.schema_version() == SCHEMA_VERSION
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.commit()
+    with pytest.raises(ConfigError, match="newer version"):
+        Store(tmp_path / "db.sqlite")
+
+
+def test_results_roundtrip_idempotent_and_counts(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    run_id = store.create_run("x", ["m@1#a"], {})
+    files, results = _rows(run_id, 5)
+    store.add_batch(files, results)
+    store.add_batch(files, results)  # a resume meeting the same photos adds nothing
+    got = store.results_for_run(run_id)
+    assert [r.grade for r in got] == [0, 1, 2, 3, 4]
+    assert got[0].probs == (0.2,) * 5 and got[0].referable is True and got[0].vtdr is False
+    assert store.done_hashes(run_id, "m@1#a") == {f"fh{i}" for i in range(5)}
+    assert store.done_hashes(run_id, "other") == set()
+    assert len(store.seen_files(run_id)) == 5
+    info = store.finish_run(run_id)
+    assert (info.status, info.n_files, info.n_results, info.n_errors) == ("done", 5, 5, 0)
+    with pytest.raises(ConfigError, match="no screening run"):
+        store.run(999)
+
+
+def test_signoffs_and_append_only_audit(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    sid = store.add_signoff(image_hash="abc", image_name="1_left.jpg", model="m", version="1",
+                            predicted_grade=2, decision="override", final_grade=1,
+                            reason="haemorrhage is an artefact", clinician="JS")
+    store.add_signoff(image_hash="def", image_name="2_left.jpg", model="m", version="1",
+                      predicted_grade=0, decision="accept", final_grade=0, reason="",
+                      clinician="JS", run_id=None)
+    got = store.signoffs(image_hash="abc")
+    assert [s.id for s in got] == [sid] and got[0].final_grade == 1
+    assert got[0].created_at.endswith("+00:00")
+    assert len(store.signoffs()) == 2
+    for table in ("audit", "signoffs"):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            store._conn().execute(f"UPDATE {table} SET created_at='x'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            store._conn().execute(f"DELETE FROM {table}")
+    assert [a.event for a in store.audit_log()] == ["signoff", "signoff"]
+    with pytest.raises(ConfigError):
+        store.add_signoff(image_hash="a", image_name="n", model="m", version="1",
+                          predicted_grade=1, decision="maybe", final_grade=1, reason="",
+                          clinician="JS")
+    with pytest.raises(ConfigError, match="clinician"):
+        store.add_signoff(image_hash="a", image_name="n", model="m", version="1",
+                          predicted_grade=1, decision="accept", final_grade=1, reason="",
+                          clinician=" ")
+
+
+def test_default_db_path_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("DR_DB_PATH", str(tmp_path / "sub" / "s.db"))
+    assert default_db_path() == tmp_path / "sub" / "s.db"
+    assert (tmp_path / "sub").is_dir()
+
+
+def test_threads_share_a_store(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    run_id = store.create_run("x", ["m@1#a"], {})
+    errors = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(20):
+                store.add_batch(*_rows(run_id, 1, prefix=f"t{k}_{i}_"))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(store.results_for_run(run_id)) == 80
+
+
+_WRITER = """
+import sys
+from core.store import Store
+from tests.core.test_store import _rows
+store = Store(sys.argv[1])
+run_id = store.create_run(sys.argv[2], ["m@1#a"], {})
+for i in range(150):
+    store.add_batch(*_rows(run_id, 2, prefix=f"{sys.argv[2]}_{i}_"))
+store.finish_run(run_id)
+"""
+
+
+def test_two_processes_write_at_once(tmp_path):
+    db = str(tmp_path / "db.sqlite")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, db, name], cwd=REPO, env=env,
+                              stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    store = Store(db)
+    runs = store.list_runs()
+    assert len(runs) == 2 and all(r.n_results == 300 and r.status == "done" for r in runs)

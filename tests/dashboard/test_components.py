@@ -1,0 +1,98 @@
+"""Widget-free helpers of dashboard.components: the numbers the pages show come from here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.explain import Explanation
+from core.preprocessing import PreprocessSpec
+from core.quality import QualityReport
+from dashboard.components.bundles import bundle_label, format_params, graders
+from dashboard.components.heatmap import model_input_rgb, scaled_heatmap
+from dashboard.components.probability_chart import probability_figure
+from dashboard.components.result_card import headline, settings_rows
+from dashboard.components.signoff import validate
+from dashboard.components.upload import DEGRADED, SAMPLES, sample_bytes
+
+
+def _prediction(grade, referable=None, vt=None):
+    from core.predict import Prediction
+
+    level = "good" if grade is not None else "reject"
+    probs = None if grade is None else tuple(0.8 if g == grade else 0.05 for g in range(5))
+    return Prediction(grade, probs, None, None, referable, vt, None,
+                      QualityReport(level, (), {}), "m", "1", 12.0,
+                      settings={"preprocessing": {"input_size": 64}, "referable_threshold": 0.3})
+
+
+def test_model_input_is_denormalised_exactly():
+    spec = PreprocessSpec(input_size=4)
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+    tensor = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - mean) / std
+    assert np.abs(model_input_rgb(tensor, spec).astype(int) - rgb).max() <= 1
+
+
+def test_common_scale_makes_weak_maps_weak():
+    heat = np.ones((2, 2), np.float32)
+    weak = Explanation(heat, "gradcam", "t", 0, "l", raw_max=0.5)
+    assert scaled_heatmap(weak, None) is heat
+    assert scaled_heatmap(weak, 2.0).max() == pytest.approx(0.25)
+
+
+def test_headline_leads_with_the_decision():
+    assert headline(_prediction(None)) == "Ungradable - re-image or refer"
+    assert headline(_prediction(4, True, True)).startswith("Vision-threatening")
+    assert headline(_prediction(2, True, False)).startswith("Referable")
+    assert headline(_prediction(1, False, False)).startswith("Not referable")
+    # the bundle's operating point wins over argmax: grade 1 above the referable threshold
+    assert headline(_prediction(1, True, False)).startswith("Referable")
+
+
+def test_settings_rows_record_model_and_thresholds():
+    rows = settings_rows(_prediction(2, True, False))
+    assert rows["Model"] == "m" and rows["Version"] == "1"
+    assert rows["Referable threshold"] == "0.3" and '"input_size": 64' in rows["Preprocessing"]
+
+
+def test_signoff_validation():
+    pred = _prediction(2, True, False)
+    assert "clinician" in validate(pred, "accept", "2 - Moderate NPDR", "", " ")
+    ok = validate(pred, "accept", "4 - PDR", "", "Dr A")
+    assert (ok.decision, ok.final_grade) == ("accept", 2)  # accept keeps the model's grade
+    assert "reason" in validate(pred, "override", "4 - PDR", "", "Dr A")
+    over = validate(pred, "override", "4 - PDR", " NVD ", "Dr A")
+    assert (over.final_grade, over.reason) == (4, "NVD")
+    assert validate(pred, "override", "Ungradable", "media opacity", "Dr A").final_grade is None
+
+
+def test_probability_chart_marks_referable_grades_and_prediction():
+    fig = probability_figure([0.1, 0.1, 0.6, 0.1, 0.1], 2)
+    bar = fig.data[0]
+    assert list(bar.y) == [0.1, 0.1, 0.6, 0.1, 0.1]
+    assert len(set(bar.marker.color[:2])) == 1 and bar.marker.color[2] != bar.marker.color[0]
+    assert list(bar.marker.line.width) == [0, 0, 3, 0, 0]
+
+
+def test_labels_and_graders(tmp_path):
+    from core.bundle import discover_bundles
+    from tests.helpers import TINY_VIT, make_tiny_bundle
+
+    make_tiny_bundle(tmp_path, "g")
+    make_tiny_bundle(tmp_path, "enc", arch=TINY_VIT, outputs=("features",), demo=False)
+    found = discover_bundles(tmp_path)
+    assert [b.name for b in graders(found)] == ["g"]
+    assert bundle_label(graders(found)[0]).startswith("DEMO - g 0.1")
+    assert format_params(4_900_000) == "4.9 M" and format_params(153_000) == "153 k"
+
+
+def test_synthetic_samples_decode_and_degraded_one_is_rejected():
+    from core.images import decode_image
+    from core.quality import assess
+
+    assert len(SAMPLES) == 6
+    clean = decode_image(sample_bytes(SAMPLES[0]))
+    assert assess(clean).gradable
+    assert not assess(decode_image(sample_bytes(DEGRADED))).gradable

@@ -1,0 +1,83 @@
+"""Models page through AppTest: cards, metrics, confusion matrix, reliability, curves, problems."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.manifest import Provenance
+from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE
+from dashboard.components.model_card import (
+    confusion_figure,
+    metrics_rows,
+    read_history,
+    reliability_figure,
+)
+from tests.dashboard.pages_support import TIMEOUT, VIEWS, all_text, texts
+from tests.helpers import make_tiny_bundle
+
+PAGE = str(VIEWS / "models.py")
+EVALUATION = {
+    "n": 50, "accuracy": 0.62, "kappa_quadratic": 0.71, "macro_auroc": 0.8,
+    "referable": {"sensitivity": 0.9, "specificity": 0.7, "auroc": 0.85, "threshold": 0.3},
+    "confusion_matrix": [[10, 2, 0, 0, 0], [3, 5, 1, 0, 0], [0, 2, 8, 1, 0], [0, 0, 1, 4, 1],
+                         [0, 0, 0, 1, 4]],
+    "reliability": {"edges": [0, 0.5, 1], "confidence": [0.4, 0.8], "accuracy": [0.3, None],
+                    "count": [20, 0]},
+}
+
+
+@pytest.fixture
+def models(tmp_path):
+    root = tmp_path / "models"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text("epoch,train_loss,val_kappa_quadratic\n0,1.5,0.2\n1,1.1,0.5\n")
+    make_tiny_bundle(root, "evaluated", evaluation=EVALUATION,
+                     provenance=Provenance("synthetic 200 images", run_dir=str(run)))
+    make_tiny_bundle(root, "plain", demo=False)
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text(json.dumps({"name": "broken"}))
+    return root
+
+
+def test_models_page_shows_cards_metrics_and_problems(models, monkeypatch):
+    monkeypatch.setenv("DR_MODELS_DIR", str(models))
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.warning[0].value == RESEARCH_USE_NOTICE
+    text = all_text(at)
+    assert DEMO_NOTICE in text
+    assert [s.value for s in at.subheader][:2] == ["evaluated 0.1 - Baseline CNN",
+                                                   "plain 0.1 - Baseline CNN"]
+    assert len(at.get("plotly_chart")) == 3  # confusion matrix, reliability, training curves
+    metrics = at.table[1].value  # table 0: the bundle's facts
+    assert "referable DR: sensitivity" in list(metrics["metric"])
+    assert any("Could not load `broken`" in e for e in texts(at, "error"))
+    assert "# evaluated (version 0.1)" in text  # MODEL_CARD.md rendered
+    assert "No validation metrics recorded" in text  # the plain bundle
+
+
+def test_empty_models_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("DR_MODELS_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("No model bundles" in i for i in texts(at, "info"))
+
+
+def test_metric_rows_flatten_nested_metrics():
+    rows = {r["metric"]: r["value"] for r in metrics_rows(EVALUATION)}
+    assert rows["referable DR: sensitivity"] == "0.900"
+    assert rows["validation images"] == "50"
+    assert "confusion_matrix" not in rows and "reliability" not in rows
+
+
+def test_figures_carry_the_numbers(tmp_path):
+    fig = confusion_figure(EVALUATION["confusion_matrix"])
+    assert fig.data[0].z[0][0] == pytest.approx(10 / 12)
+    rel = reliability_figure(EVALUATION["reliability"])
+    assert list(rel.data[1].x) == [0.4]  # the empty bin is left out
+    assert read_history(None) == [] and read_history(str(tmp_path)) == []

@@ -1,0 +1,119 @@
+"""Cross-dataset evaluation on two small synthetic sets (different seeds): gate-on and gate-off
+metrics, ungradable counts, the gap to the bundle's validation metrics, and the written report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.cache import ModelCache
+from core.errors import ConfigError
+from core.predict import Predictor
+from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE
+from tests.helpers import make_tiny_bundle
+from training.evaluate_cross_dataset import (
+    DatasetSpec,
+    evaluate_dataset,
+    generalisation_gap,
+    main,
+    parse_dataset_spec,
+)
+from training.metrics import evaluate
+
+VALIDATION = evaluate(np.array([0, 1, 2, 3, 4, 0, 2, 4]),
+                      np.full((8, 5), 0.2) + np.eye(5)[[0, 1, 2, 2, 4, 1, 2, 3]])
+
+
+def _dataset(folder: Path, seed: int, extra: bool) -> Path:
+    from core.synthetic import write_aptos_dataset
+
+    write_aptos_dataset(folder, 10, seed=seed, size=160)
+    if extra:  # one photo the gate must reject, one file that cannot be decoded
+        Image.fromarray(np.zeros((160, 160, 3), np.uint8)).save(folder / "train_images/black.png")
+        (folder / "train_images/broken.png").write_bytes(b"\x89PNG not really")
+        with (folder / "train.csv").open("a", newline="") as fh:
+            csv.writer(fh).writerows([["black", 2], ["broken", 0]])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cross")
+    bundle = make_tiny_bundle(tmp, "cnn", evaluation=VALIDATION)
+    return bundle, _dataset(tmp / "a", 21, extra=True), _dataset(tmp / "b", 22, extra=False)
+
+
+def test_dataset_specs_parse_presets_and_labels():
+    spec = parse_dataset_spec("messidor2:m/data.csv:m/IMAGES")
+    assert (spec.name, spec.preset, spec.csv, spec.images) == (
+        "messidor2", "messidor2", Path("m/data.csv"), Path("m/IMAGES"))
+    spec = parse_dataset_spec("site-b=aptos:b/train.csv:")
+    assert (spec.name, spec.preset, spec.images) == ("site-b", "aptos", None)
+    for bad in ("aptos", "nope:x.csv:y", "x=nope:a.csv:b", "aptos::dir"):
+        with pytest.raises(ConfigError):
+            parse_dataset_spec(bad)
+
+
+def test_gate_on_and_off_metrics_and_gap(setup):
+    bundle, a, _ = setup
+    predictor = Predictor(bundle, "cpu", cache=ModelCache())
+    result = evaluate_dataset(predictor, DatasetSpec("a", "aptos", a / "train.csv", None))
+    assert result.used == 12 and list(result.unreadable) == ["broken"]
+    assert result.ungradable >= 1 and "no fundus field found" in result.reject_reasons
+    assert result.ungated["n"] == 11
+    assert result.gated["n"] + result.ungradable == result.ungated["n"]
+    rows = {r["id"]: r for r in result.predictions}
+    assert rows["black"]["gradable"] is False
+    # gate-on rows agree with what the dashboard's Predictor says for the same photos
+    for record_id in ("black", *sorted(rows)[:4]):
+        pred = predictor.predict(a / "train_images" / f"{record_id}.png")
+        assert pred.gradable == rows[record_id]["gradable"]
+        if pred.gradable:
+            assert pred.grade == rows[record_id]["predicted"]
+            assert pred.p_referable == pytest.approx(rows[record_id]["p_referable"], abs=1e-6)
+    # gate-off metrics are evaluate() on every decodable photo with the bundle's thresholds
+    y = np.array([r["grade"] for r in result.predictions])
+    probs = np.array([r["probs"] for r in result.predictions])
+    assert result.ungated == evaluate(y, probs, referable_threshold=0.5,
+                                      vision_threatening_threshold=0.5)
+    qwk = result.gap["QWK"]
+    assert qwk["validation"] == VALIDATION["kappa_quadratic"]
+    assert qwk["delta"] == pytest.approx(result.gated["kappa_quadratic"] - qwk["validation"])
+
+
+def test_gap_is_none_without_validation_metrics():
+    gap = generalisation_gap({}, VALIDATION)
+    assert gap["QWK"]["delta"] is None and gap["QWK"]["external"] == VALIDATION["kappa_quadratic"]
+    assert gap["referable sensitivity"]["external"] == VALIDATION["referable"]["sensitivity"]
+
+
+def test_cli_prints_both_tables_and_writes_reports(setup, tmp_path, capsys):
+    bundle, a, b = setup
+    code = main(["--checkpoint", str(bundle.path), "--device", "cpu", "--no-progress",
+                 "--datasets", f"site-a=aptos:{a / 'train.csv'}:{a / 'train_images'}",
+                 f"site-b=synthetic:{b / 'train.csv'}:", "--out", str(tmp_path / "rep")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "### site-a" in out and "### site-b" in out and "gap (gate on - validation)" in out
+    report = json.loads((tmp_path / "rep" / "cross_dataset.json").read_text())
+    names = [d["spec"]["name"] for d in report["datasets"]]
+    assert names == ["site-a", "site-b"]
+    for d in report["datasets"]:
+        assert d["gap"]["QWK"]["validation"] == VALIDATION["kappa_quadratic"]
+        assert d["ungated"]["n"] == d["used"] - len(d["unreadable"])
+    assert report["datasets"][0]["ungradable"] >= 1
+    md = (tmp_path / "rep" / "cross_dataset.md").read_text()
+    assert RESEARCH_USE_NOTICE in md and DEMO_NOTICE in md
+    with (tmp_path / "rep" / "predictions_site-b.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 10
+
+
+def test_cli_reports_a_bad_dataset_spec(setup, capsys):
+    bundle, *_ = setup
+    assert main(["--checkpoint", str(bundle.path), "--datasets", "kaggle:x.csv:y"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
