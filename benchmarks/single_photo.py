@@ -27,7 +27,6 @@ from PIL import Image
 
 from core.archs.lora import RETFoundLoRA
 from core.archs.registry import build_model
-from core.archs.retfound import retfound_builder_kwargs
 from core.bundle import Bundle, build_bundle_model, save_bundle
 from core.cache import ModelCache
 from core.lora_bundle import save_lora_bundle
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             bundles = [_bundle(tmp, arch, spec, "backbone.layer4", "cnn")]
         for bundle in bundles:
             pred = Predictor(bundle, "cpu", cache=cache)
-            ours = _median_ms(lambda: pred.predict(photo), args.repeats)
+            ours = _median_ms(lambda p=pred: p.predict(photo), args.repeats)
             with pred.loaded.use() as model:
                 plain = _median_ms(lambda: _plain(model, photo), args.repeats)
             rows.append((bundle.name, bundle.manifest.tier, ours, plain))

@@ -32,9 +32,9 @@ from core.archs.lora import RETFoundLoRA
 from core.archs.retfound import build_retfound_vit
 from core.devices import resolve_device
 from core.preprocessing import PreprocessSpec
+from training.config import DataConfig
 from training.data import CachedFundusDataset, EpochSampler
 from training.datasets import load_records
-from training.config import DataConfig
 from training.image_cache import build_cache
 
 SMALL = {"baseline": "resnet18", "vit": dict(embed_dim=192, depth=6, num_heads=3)}
@@ -190,10 +190,15 @@ def _time_lora_finetune(args, data_dir: Path) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
-        from core.bundle import save_bundle
-        from core.manifest import (ArchitectureSpec, ExplanationSpec, Manifest, Provenance,
-                                   WeightsSpec)
         from core.archs.retfound import retfound_builder_kwargs
+        from core.bundle import save_bundle
+        from core.manifest import (
+            ArchitectureSpec,
+            ExplanationSpec,
+            Manifest,
+            Provenance,
+            WeightsSpec,
+        )
 
         vit = make_model("retfound", args.full)
         save_bundle(base, Manifest(

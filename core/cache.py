@@ -69,8 +69,7 @@ class ModelCache:
             module = self._get_or_load(("model", bundle.key, str(dev)),
                                        lambda: _to_device(build_bundle_model(bundle), dev))
             return LoadedModel(bundle, module, dev)
-        from core.lora_bundle import (adapter_structure, base_of, build_lora_host,
-                                      read_adapter_state)
+        from core.lora_bundle import adapter_structure, base_of, build_lora_host, read_adapter_state
 
         base = base_of(bundle)
         host_key = ("host", base.key, adapter_structure(bundle), str(dev))

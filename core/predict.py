@@ -110,7 +110,7 @@ class Predictor:
         for lo in range(0, len(gradable), self.max_batch):
             chunk = gradable[lo:lo + self.max_batch]
             batch = torch.stack([items[i].pre.tensor for i in chunk])
-            for i, p in zip(chunk, self.probabilities(batch)):
+            for i, p in zip(chunk, self.probabilities(batch), strict=True):
                 probs[i] = p
         return [self._result(it, probs.get(i), started[i]) for i, it in enumerate(items)]
 

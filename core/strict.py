@@ -76,7 +76,8 @@ def _parse_value(tp: Any, value: Any, path: str, source: str) -> Any:
             return tuple(_parse_value(args[0], v, f"{path}[{i}]", source) for i, v in enumerate(value))
         if len(value) != len(args):
             _fail(source, path, f"expected {len(args)} items, got {len(value)}")
-        return tuple(_parse_value(a, v, f"{path}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
+        pairs = enumerate(zip(args, value, strict=True))
+        return tuple(_parse_value(a, v, f"{path}[{i}]", source) for i, (a, v) in pairs)
     if origin is dict:
         if not isinstance(value, dict):
             _fail(source, path, f"expected an object, got {type(value).__name__}")

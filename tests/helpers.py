@@ -8,8 +8,14 @@ import numpy as np
 
 from core.archs.registry import build_model
 from core.bundle import Bundle, save_bundle
-from core.manifest import (ArchitectureSpec, CalibrationSpec, ExplanationSpec, Manifest, Provenance,
-                           WeightsSpec)
+from core.manifest import (
+    ArchitectureSpec,
+    CalibrationSpec,
+    ExplanationSpec,
+    Manifest,
+    Provenance,
+    WeightsSpec,
+)
 from core.preprocessing import PreprocessSpec
 
 TINY_CNN = ArchitectureSpec("timm_classifier", {"model_name": "resnet10t", "num_classes": 5,

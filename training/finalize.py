@@ -13,8 +13,13 @@ from core.manifest import CalibrationSpec, Manifest, Provenance, WeightsSpec
 from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE, RETFOUND_LICENSE_NOTICE
 from training.calibration import apply_temperature, fit_temperature
 from training.config import TrainConfig
-from training.metrics import (choose_referable_threshold, evaluate, expected_grade,
-                              reliability_bins, tune_qwk_thresholds)
+from training.metrics import (
+    choose_referable_threshold,
+    evaluate,
+    expected_grade,
+    reliability_bins,
+    tune_qwk_thresholds,
+)
 from training.provenance import config_hash, git_commit, utc_now
 from training.tiers import TierSetup
 

@@ -16,8 +16,12 @@ from torch import nn
 
 from core.archs.baseline import DRClassifier
 from core.archs.lora import RETFoundLoRA
-from core.archs.retfound import (build_retfound_vit, init_retfound_head, load_retfound_model,
-                                 retfound_builder_kwargs)
+from core.archs.retfound import (
+    build_retfound_vit,
+    init_retfound_head,
+    load_retfound_model,
+    retfound_builder_kwargs,
+)
 from core.bundle import Bundle, build_bundle_model, load_bundle, read_weights, save_bundle
 from core.errors import ConfigError
 from core.explain import suggest_layer

@@ -19,7 +19,7 @@ def synthetic_aptos(tmp_path_factory) -> Path:
 def tiny_overrides(data_dir: Path, cache_dir: Path, out_dir: Path, tier: str) -> list[str]:
     """Settings that make any tier train in seconds on the CPU."""
     common = [
-        f"data.preset=aptos", f"data.csv={data_dir / 'train.csv'}", f"data.cache_dir={cache_dir}",
+        "data.preset=aptos", f"data.csv={data_dir / 'train.csv'}", f"data.cache_dir={cache_dir}",
         "data.num_workers=0", "data.val_fraction=0.25", f"out_dir={out_dir}",
         "preprocessing.input_size=64", "optim.batch_size=8", "optim.warmup_epochs=0.5",
         "optim.patience=50", "optim.clip_grad=1.0", "tensorboard=false", "demo=true",
