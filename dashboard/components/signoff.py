@@ -57,13 +57,14 @@ def earlier_signoffs(image_hash: str) -> list | str:
 
 
 def save_signoff(prediction: Prediction, image_hash: str, image_name: str,
-                 entry: SignOffInput) -> int | str:
+                 entry: SignOffInput, *, run_id: int | None = None) -> int | str:
+    """Store the sign-off; run_id links it to a batch screening run (None on single photos)."""
     try:
         return _store().add_signoff(
             image_hash=image_hash, image_name=image_name, model=prediction.model,
             version=prediction.version, predicted_grade=prediction.grade,
             decision=entry.decision, final_grade=entry.final_grade, reason=entry.reason,
-            clinician=entry.clinician)
+            clinician=entry.clinician, run_id=run_id)
     except (DRError, ImportError, OSError, ValueError) as exc:
         return f"Could not store the sign-off: {exc}"
 
@@ -89,8 +90,10 @@ def earlier_signoffs_ui(image_hash: str) -> None:
         hide_index=True, width="stretch")
 
 
-def signoff_ui(prediction: Prediction, image_hash: str, image_name: str, *, key: str) -> None:
-    """Accept/override form; stores on submit and shows the stored row id."""
+def signoff_ui(prediction: Prediction, image_hash: str, image_name: str, *, key: str,
+               run_id: int | None = None) -> None:
+    """Accept/override form; stores on submit and shows the stored row id. `prediction` only
+    needs .grade, .model and .version (a stored core.store.ResultRow works too)."""
     st.markdown("##### Clinician sign-off")
     suggested = _grade_text(prediction.grade)
     with st.form(key=f"signoff-{key}", clear_on_submit=False):
@@ -108,7 +111,7 @@ def signoff_ui(prediction: Prediction, image_hash: str, image_name: str, *, key:
         if isinstance(entry, str):
             st.error(entry)
         else:
-            stored = save_signoff(prediction, image_hash, image_name, entry)
+            stored = save_signoff(prediction, image_hash, image_name, entry, run_id=run_id)
             if isinstance(stored, str):
                 st.error(stored)
             else:
