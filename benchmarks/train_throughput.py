@@ -41,11 +41,11 @@ SMALL = {"baseline": "resnet18", "vit": dict(embed_dim=192, depth=6, num_heads=3
 FULL = {"baseline": "resnet50", "vit": dict(embed_dim=1024, depth=24, num_heads=16)}
 
 
-def make_model(tier: str, full: bool) -> torch.nn.Module:
+def make_model(tier: str, full: bool, size: int = 224) -> torch.nn.Module:
     sizes = FULL if full else SMALL
     if tier == "baseline":
         return DRClassifier(sizes["baseline"], pretrained=False)
-    vit = build_retfound_vit(num_classes=5, **sizes["vit"])
+    vit = build_retfound_vit(num_classes=5, img_size=size, **sizes["vit"])
     if tier == "lora":
         return RETFoundLoRA.from_model(vit, 5)
     return vit
@@ -132,7 +132,7 @@ def run(args) -> list[dict]:
     grades = [r.grade for r in records]
     rows = []
     for tier in args.tiers:
-        model = make_model(tier, args.full)
+        model = make_model(tier, args.full, args.size)
         cnn = tier == "baseline"
         compute = timed_steps(model, _random_batches(args.batch, args.size), device, True, cnn,
                               args.steps)
@@ -200,7 +200,7 @@ def _time_lora_finetune(args, data_dir: Path) -> None:
             WeightsSpec,
         )
 
-        vit = make_model("retfound", args.full)
+        vit = make_model("retfound", args.full, args.size)
         save_bundle(base, Manifest(
             name="bench-base", version="0", tier="retfound", created="-",
             architecture=ArchitectureSpec("retfound_vit", retfound_builder_kwargs(vit)),

@@ -35,7 +35,7 @@ def resolve_inside_roots(path: str | os.PathLike, roots: Sequence[str | os.PathL
     if not roots:
         raise PathNotAllowedError(
             "No screening folders are configured. Ask the administrator to set "
-            f"{ROOTS_ENV} (or screen_roots in .streamlit/secrets.toml), or upload the photos.")
+            f"{ROOTS_ENV} (or screening_roots in .streamlit/secrets.toml), or upload the photos.")
     raw = Path(path).expanduser()
     if ".." in raw.parts:
         raise PathNotAllowedError(f"'{path}' contains '..'. Give the folder's full path inside "

@@ -28,7 +28,7 @@ from core.bundle import Bundle, load_bundle
 from core.errors import ConfigError, DRError, ImageDecodeError
 from core.images import SUPPORTED_SUFFIXES, decode_image, image_fingerprint, read_image_bytes
 from core.patients import compile_pattern, parse_identity
-from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, preprocess
+from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, decode_min_side, preprocess
 from core.quality import QualityReport, assess
 from core.safe_paths import DEFAULT_ZIP_LIMITS, ZipLimits, check_zip, is_inside, iter_zip
 from core.store import FileRow, ResultRow, Store
@@ -167,7 +167,7 @@ def prepare_task(task: Task) -> Prepared:
         per_spec = []
         thumb = None
         for spec in _W["specs"]:
-            side = 2 * int(spec.input_size)
+            side = decode_min_side(spec)  # same decode as the Grade page and training
             if side not in decoded:
                 decoded[side] = decode_image(data, min_side=side, name=label)
             rgb = decoded[side]

@@ -3,7 +3,8 @@
 Uploads a photo on Grade, waits for the result card and the heatmap, then opens Compare tiers
 and waits for its table. Prints upload -> result-card timings (first: includes loading the
 model; second: model already loaded). Screenshots go under tmp_path and, when
-DR_SCREENSHOT_DIR is set, there too (one per page).
+DR_SCREENSHOT_DIR is set, there too (one per page). DR_E2E_MODELS_DIR points the server at
+another models folder (e.g. the shipped demo bundles) instead of the tiny ones built here.
 """
 
 from __future__ import annotations
@@ -103,7 +104,10 @@ def test_grade_then_compare_in_chromium(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
     sync_api = pytest.importorskip("playwright.sync_api")
-    models = _models(tmp_path / "models", tmp_path / "run")
+    # DR_E2E_MODELS_DIR=models runs the same walk over the shipped demo bundles (screenshots
+    # for docs/); by default tiny bundles built here, with a fixture evaluation for the Models page.
+    chosen = os.environ.get("DR_E2E_MODELS_DIR")
+    models = Path(chosen).resolve() if chosen else _models(tmp_path / "models", tmp_path / "run")
     photos = []
     for seed, grade in ((1, 2), (2, 0)):  # synthetic photos: never a patient's
         path = tmp_path / f"eye{seed}.jpg"
