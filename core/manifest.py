@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from core.errors import BundleError
 from core.preprocessing import PreprocessSpec
-from core.strict import parse_strict
+from core.strict import parse_strict, to_jsonable
 
 SCHEMA_VERSION = 1
 ICDR_CLASSES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "PDR")
@@ -89,7 +89,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_jsonable(dataclasses.asdict(self))
+        return to_jsonable(dataclasses.asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
@@ -106,11 +106,3 @@ def parse_manifest(data: Any, source: str = "manifest.json") -> Manifest:
     if len(manifest.classes) != 5:
         raise BundleError(f"{source}: classes must list the 5 ICDR grades, got {len(manifest.classes)}")
     return manifest
-
-
-def _to_jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_jsonable(v) for v in value]
-    return value

@@ -97,3 +97,12 @@ def _parse_scalar(tp: Any, value: Any, path: str, source: str) -> Any:
     if isinstance(value, tp):
         return value
     _fail(source, path, f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
+
+
+def to_jsonable(value: Any) -> Any:
+    """asdict() output -> plain JSON/YAML values (tuples become lists)."""
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value

@@ -15,7 +15,7 @@ import yaml
 
 from core.errors import ConfigError
 from core.preprocessing import PreprocessSpec
-from core.strict import parse_strict
+from core.strict import parse_strict, to_jsonable
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class TrainConfig:
     preprocessing: PreprocessSpec = PreprocessSpec()
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return to_jsonable(dataclasses.asdict(self))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
@@ -142,11 +142,3 @@ def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"Cannot set {dotted!r}: {part!r} is not a section")
     node[leaf] = list(value) if isinstance(value, tuple) else value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

@@ -33,6 +33,16 @@ def use_env(monkeypatch, models: Path, tmp_path: Path) -> Path:
     return db
 
 
+def start_page(page: str, models: Path, tmp_path: Path, monkeypatch):
+    """AppTest of one page over `models`, with a fresh sign-off database; first run checked."""
+    from streamlit.testing.v1 import AppTest
+
+    use_env(monkeypatch, models, tmp_path)
+    at = AppTest.from_file(page, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    return at
+
+
 def png(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")

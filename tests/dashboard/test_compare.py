@@ -3,35 +3,24 @@
 from __future__ import annotations
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE
 from dashboard.components.compare_table import DISAGREE
 from tests.dashboard.pages_support import (
-    TIMEOUT,
     VIEWS,
     all_text,
-    build_models,
     fundus_png,
     grey_png,
+    start_page,
     texts,
-    use_env,
 )
 
 PAGE = str(VIEWS / "compare.py")
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory.mktemp("models"))
-
-
 @pytest.fixture
 def app(models, tmp_path, monkeypatch):
-    use_env(monkeypatch, models, tmp_path)
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
-    assert not at.exception
-    return at
+    return start_page(PAGE, models, tmp_path, monkeypatch)
 
 
 def _table(at):

@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.wording import HEATMAP_CAPTION, RESEARCH_USE_NOTICE
 from tests.dashboard.pages_support import (
-    TIMEOUT,
     VIEWS,
     all_text,
-    build_models,
     fundus_png,
     grey_png,
+    start_page,
     texts,
-    use_env,
 )
 
 PAGE = str(VIEWS / "explain.py")
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory.mktemp("models"))
-
-
 @pytest.fixture
 def app(models, tmp_path, monkeypatch):
-    use_env(monkeypatch, models, tmp_path)
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
-    assert not at.exception
-    return at
+    return start_page(PAGE, models, tmp_path, monkeypatch)
 
 
 def _bundle(at, name: str):

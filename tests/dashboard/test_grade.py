@@ -3,38 +3,26 @@
 from __future__ import annotations
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.grading import DME_NOT_ASSESSED, PROGRAMMES, Urgency
 from core.wording import DEMO_NOTICE, HEATMAP_CAPTION, RESEARCH_USE_NOTICE
 from tests.dashboard.pages_support import (
     REPO,
-    TIMEOUT,
     VIEWS,
     all_text,
-    build_models,
     fundus_png,
     grey_png,
     noise_png,
+    start_page,
     texts,
-    use_env,
 )
 
 PAGE = str(VIEWS / "grade.py")
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return build_models(tmp_path_factory.mktemp("models"))
-
-
 @pytest.fixture
 def app(models, tmp_path, monkeypatch):
-    use_env(monkeypatch, models, tmp_path)
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
-    at.run()
-    assert not at.exception
-    return at
+    return start_page(PAGE, models, tmp_path, monkeypatch)
 
 
 def _upload(at, *files):
@@ -161,9 +149,7 @@ def test_signoff_override_without_reason_is_refused(app):
 
 
 def test_router_opens_grade_by_default(models, tmp_path, monkeypatch):
-    use_env(monkeypatch, models, tmp_path)
-    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=TIMEOUT).run()
-    assert not at.exception
+    at = start_page(str(REPO / "dashboard" / "app.py"), models, tmp_path, monkeypatch)
     assert at.title[0].value == "Grade a fundus photo"
     assert at.warning[0].value == RESEARCH_USE_NOTICE
 

@@ -8,9 +8,6 @@ worklist time. Screenshots go under tmp_path and, when DR_SCREENSHOT_DIR is set,
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +17,7 @@ from PIL import Image
 
 from core.synthetic import Nuisance, generate_fundus
 from core.wording import RESEARCH_USE_NOTICE
-from tests.dashboard.pages_support import REPO
-from tests.e2e.test_browser import ARGS, CHROMIUM, _free_port, _open_page, _shot, _wait_healthy
+from tests.e2e.test_browser import ARGS, CHROMIUM, _open_page, _shot, streamlit_server
 from tests.helpers import make_tiny_bundle
 
 pytestmark = pytest.mark.browser
@@ -49,58 +45,43 @@ def test_batch_upload_worklist_and_csv_in_chromium(tmp_path):
     models = tmp_path / "models"
     make_tiny_bundle(models, "tiny-cnn")
     photos = _photos(tmp_path / "photos")
-    port = _free_port()
-    env = {**os.environ, "DR_MODELS_DIR": str(models), "DR_DB_PATH": str(tmp_path / "db.sqlite"),
-           "DR_SCREEN_ROOTS": str(tmp_path / "photos"),
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-         "--server.headless", "true"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    try:
-        _wait_healthy(port, proc)
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 2000},
-                                    accept_downloads=True)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
-            _open_page(page, "Batch screening", "Batch screening")
-            page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
-                [str(p) for p in photos])
-            start = page.get_by_role("button", name="Start screening")
-            page.wait_for_function(  # enabled once the uploads reached the server
-                "() => [...document.querySelectorAll('button')].some(b => "
-                "b.innerText.includes('Start screening') && !b.disabled)", timeout=60_000)
-            began = time.perf_counter()
-            start.click()
-            page.get_by_role("heading", name="Worklist - run 1").wait_for(timeout=180_000)
-            seconds = time.perf_counter() - began
-            page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
-            assert page.get_by_text("Research use only.").count() >= 1
+    with streamlit_server(tmp_path, DR_MODELS_DIR=str(models),
+                          DR_SCREEN_ROOTS=str(tmp_path / "photos")) as port, \
+            sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 2000},
+                                accept_downloads=True)
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
+        _open_page(page, "Batch screening", "Batch screening")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
+            [str(p) for p in photos])
+        start = page.get_by_role("button", name="Start screening")
+        page.wait_for_function(  # enabled once the uploads reached the server
+            "() => [...document.querySelectorAll('button')].some(b => "
+            "b.innerText.includes('Start screening') && !b.disabled)", timeout=60_000)
+        began = time.perf_counter()
+        start.click()
+        page.get_by_role("heading", name="Worklist - run 1").wait_for(timeout=180_000)
+        seconds = time.perf_counter() - began
+        page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
+        assert page.get_by_text("Research use only.").count() >= 1
 
-            with page.expect_download(timeout=60_000) as info:
-                page.get_by_role("button", name="CSV per photo").click()
-            text = Path(info.value.path()).read_text(encoding="utf-8")
-            assert text.startswith(f"# {RESEARCH_USE_NOTICE}")
-            df = pd.read_csv(io.StringIO(text), comment="#")
-            assert sorted(df["file"]) == sorted(p.name for p in photos)
-            assert df.loc[df["file"] == "broken.jpg", "error"].str.contains("broken.jpg").all()
-            assert df.loc[df["file"] != "broken.jpg", "model"].eq("tiny-cnn").all()
-            table = page.locator('[data-testid="stDataFrame"]').first
-            table.scroll_into_view_if_needed()
-            table.click(position={"x": 12, "y": 36 + 32})  # the first row's selection cell
-            page.get_by_text("Clinician sign-off").wait_for(timeout=120_000)
-            page.get_by_text("Highlighted: regions that most influenced").first.wait_for()
-            _shot(page, tmp_path, "batch")
-            print(f"\nupload of {len(photos)} files -> worklist: {seconds * 1000:.0f} ms "
-                  "(includes loading the model)")
-            browser.close()
-        assert (tmp_path / "batch.png").stat().st_size > 10_000
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with page.expect_download(timeout=60_000) as info:
+            page.get_by_role("button", name="CSV per photo").click()
+        text = Path(info.value.path()).read_text(encoding="utf-8")
+        assert text.startswith(f"# {RESEARCH_USE_NOTICE}")
+        df = pd.read_csv(io.StringIO(text), comment="#")
+        assert sorted(df["file"]) == sorted(p.name for p in photos)
+        assert df.loc[df["file"] == "broken.jpg", "error"].str.contains("broken.jpg").all()
+        assert df.loc[df["file"] != "broken.jpg", "model"].eq("tiny-cnn").all()
+        table = page.locator('[data-testid="stDataFrame"]').first
+        table.scroll_into_view_if_needed()
+        table.click(position={"x": 12, "y": 36 + 32})  # the first row's selection cell
+        page.get_by_text("Clinician sign-off").wait_for(timeout=120_000)
+        page.get_by_text("Highlighted: regions that most influenced").first.wait_for()
+        _shot(page, tmp_path, "batch")
+        print(f"\nupload of {len(photos)} files -> worklist: {seconds * 1000:.0f} ms "
+              "(includes loading the model)")
+        browser.close()
+    assert (tmp_path / "batch.png").stat().st_size > 10_000

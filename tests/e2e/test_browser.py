@@ -9,6 +9,7 @@ another models folder (e.g. the shipped demo bundles) instead of the tiny ones b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -63,6 +64,28 @@ def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 90) -> Non
     raise TimeoutError("streamlit did not become healthy in time")
 
 
+@contextlib.contextmanager
+def streamlit_server(tmp_path: Path, **env_vars: str):
+    """`streamlit run dashboard/app.py` on a free localhost port; ended by its PID afterwards."""
+    port = _free_port()
+    env = {**os.environ, "DR_DB_PATH": str(tmp_path / "db.sqlite"),
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false", **env_vars}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+         "--server.headless", "true"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        _wait_healthy(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _models(root: Path, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True)
     (run_dir / "history.csv").write_text(
@@ -114,55 +137,40 @@ def test_grade_then_compare_in_chromium(tmp_path):
         image = generate_fundus(grade, seed, size=600, nuisance=Nuisance()).image
         Image.fromarray(image).save(path, quality=92)
         photos.append(path)
-    port = _free_port()
-    env = {**os.environ, "DR_MODELS_DIR": str(models), "DR_DB_PATH": str(tmp_path / "db.sqlite"),
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-         "--server.headless", "true"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    try:
-        _wait_healthy(port, proc)
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1440, "height": 2400})
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
-            first = _upload_and_wait(page, [photos[0]], "eye1.jpg")
-            page.reload()  # a fresh session: the model stays loaded in the server process
-            page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
-            warm = _upload_and_wait(page, [photos[1]], "eye2.jpg")
-            both = _upload_and_wait(page, [photos[0]], "eye1.jpg")  # adds a second photo
-            page.get_by_text("Highlighted: regions that most influenced").first.wait_for()
-            assert page.locator('[data-testid="stImage"]').count() >= 6  # 3 per photo
-            assert page.get_by_text("Research use only.").count() >= 1
-            _shot(page, tmp_path, "grade")
-            print(f"\nupload -> result card: {first * 1000:.0f} ms (first, includes model "
-                  f"load); {warm * 1000:.0f} ms (model loaded, new session, one photo); "
-                  f"{both * 1000:.0f} ms (second photo added beside the first)")
+    with streamlit_server(tmp_path, DR_MODELS_DIR=str(models)) as port, \
+            sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 2400})
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
+        first = _upload_and_wait(page, [photos[0]], "eye1.jpg")
+        page.reload()  # a fresh session: the model stays loaded in the server process
+        page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
+        warm = _upload_and_wait(page, [photos[1]], "eye2.jpg")
+        both = _upload_and_wait(page, [photos[0]], "eye1.jpg")  # adds a second photo
+        page.get_by_text("Highlighted: regions that most influenced").first.wait_for()
+        assert page.locator('[data-testid="stImage"]').count() >= 6  # 3 per photo
+        assert page.get_by_text("Research use only.").count() >= 1
+        _shot(page, tmp_path, "grade")
+        print(f"\nupload -> result card: {first * 1000:.0f} ms (first, includes model "
+              f"load); {warm * 1000:.0f} ms (model loaded, new session, one photo); "
+              f"{both * 1000:.0f} ms (second photo added beside the first)")
 
-            _open_page(page, "Compare tiers", "Compare model tiers")
-            page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
-                str(photos[0]))
-            page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=120_000)
-            page.locator('[data-testid="stImage"]').nth(3).wait_for(timeout=120_000)
-            _shot(page, tmp_path, "compare")
+        _open_page(page, "Compare tiers", "Compare model tiers")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
+            str(photos[0]))
+        page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=120_000)
+        page.locator('[data-testid="stImage"]').nth(3).wait_for(timeout=120_000)
+        _shot(page, tmp_path, "compare")
 
-            _open_page(page, "Explain", "Explain a result")
-            page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
-                str(photos[0]))
-            page.get_by_text("raw peak strength").nth(1).wait_for(timeout=120_000)
-            _shot(page, tmp_path, "explain")
+        _open_page(page, "Explain", "Explain a result")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
+            str(photos[0]))
+        page.get_by_text("raw peak strength").nth(1).wait_for(timeout=120_000)
+        _shot(page, tmp_path, "explain")
 
-            _open_page(page, "Models", "Installed models")
-            page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
-            _shot(page, tmp_path, "models")
-            browser.close()
-        assert (tmp_path / "grade.png").stat().st_size > 10_000
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _open_page(page, "Models", "Installed models")
+        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        _shot(page, tmp_path, "models")
+        browser.close()
+    assert (tmp_path / "grade.png").stat().st_size > 10_000
