@@ -54,9 +54,9 @@ def decision_ui(prediction: Prediction) -> None:
     c3.metric("Gradable", "YES" if prediction.gradable else "NO",
               help="Image-quality gate (EyeQ levels good / usable / reject).")
     if prediction.gradable:
-        c1.caption(f"p = {prediction.p_referable:.2f} (threshold {s.get('referable_threshold')})")
+        c1.caption(f"p = {prediction.p_referable:.2f} (threshold {s.get('referable_threshold', 0):.3f})")
         c2.caption(f"p = {prediction.p_vision_threatening:.2f} "
-                   f"(threshold {s.get('vision_threatening_threshold')})")
+                   f"(threshold {s.get('vision_threatening_threshold', 0):.3f})")
     c3.caption(f"Quality: {quality_text(prediction.quality)}")
     if not prediction.gradable:
         st.markdown("No grade is given for an ungradable photo. **Re-image, or refer for a "
@@ -85,8 +85,8 @@ def settings_rows(prediction: Prediction) -> dict[str, str]:
         "Bundle key": str(s.get("bundle_key", "")),
         "Preprocessing": json.dumps(pre, sort_keys=True),
         "Temperature": str(s.get("temperature")),
-        "Referable threshold": str(s.get("referable_threshold")),
-        "Vision-threatening threshold": str(s.get("vision_threatening_threshold")),
+        "Referable threshold": f"{s.get('referable_threshold', 0):.4f}",
+        "Vision-threatening threshold": f"{s.get('vision_threatening_threshold', 0):.4f}",
         "Test-time augmentation": str(s.get("tta")), "Device": str(s.get("device")),
         "Latency (decode to result)": f"{prediction.latency_ms:.0f} ms",
     }
