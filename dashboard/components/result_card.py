@@ -85,8 +85,8 @@ def settings_rows(prediction: Prediction) -> dict[str, str]:
         "Bundle key": str(s.get("bundle_key", "")),
         "Preprocessing": json.dumps(pre, sort_keys=True),
         "Temperature": str(s.get("temperature")),
-        "Referable threshold": f"{s.get('referable_threshold', 0):.4f}",
-        "Vision-threatening threshold": f"{s.get('vision_threatening_threshold', 0):.4f}",
+        "Referable threshold": str(s.get("referable_threshold")),
+        "Vision-threatening threshold": str(s.get("vision_threatening_threshold")),
         "Test-time augmentation": str(s.get("tta")), "Device": str(s.get("device")),
         "Latency (decode to result)": f"{prediction.latency_ms:.0f} ms",
     }
