@@ -14,11 +14,25 @@ def research_notice_ui() -> None:
     st.warning(RESEARCH_USE_NOTICE, icon=":material/science:")
 
 
+NEAR_CHANCE_QWK = 0.2  # below this validation kappa a model's grades are close to guessing
+
+
 def demo_notice_ui(bundles: Iterable[Bundle]) -> bool:
-    """Show DEMO_NOTICE once when any of `bundles` is a demo model; True if shown."""
+    """Show DEMO_NOTICE once when any of `bundles` is a demo model; True if shown.
+
+    Also warns about bundles whose own validation quadratic kappa is near chance: temperature
+    scaling flattens such a model's probabilities, which can look like calm uncertainty.
+    """
+    bundles = list(bundles)
     demo = [b.name for b in bundles if b.manifest.demo]
     if demo:
         st.error(f"**DEMO MODEL** ({', '.join(demo)}). {DEMO_NOTICE}", icon=":material/warning:")
+    weak = [f"{b.name} (validation kappa {qwk:.2f})" for b in bundles
+            if (qwk := b.manifest.evaluation.get("kappa_quadratic")) is not None
+            and qwk < NEAR_CHANCE_QWK]
+    if weak:
+        st.warning(f"Near-chance model: {', '.join(weak)}. Its grades are close to guessing on "
+                   "its own validation data; do not rely on them.", icon=":material/trending_down:")
     return bool(demo)
 
 

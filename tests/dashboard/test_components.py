@@ -96,3 +96,21 @@ def test_synthetic_samples_decode_and_degraded_one_is_rejected():
     clean = decode_image(sample_bytes(SAMPLES[0]))
     assert assess(clean).gradable
     assert not assess(decode_image(sample_bytes(DEGRADED))).gradable
+
+
+def test_near_chance_bundles_are_flagged(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.helpers import make_tiny_bundle
+
+    weak = make_tiny_bundle(tmp_path, "weak", evaluation={"kappa_quadratic": 0.04})
+    fine = make_tiny_bundle(tmp_path, "fine", evaluation={"kappa_quadratic": 0.8})
+    script = tmp_path / "page.py"
+    script.write_text(
+        "from core.bundle import load_bundle\n"
+        "from dashboard.components.notice import demo_notice_ui\n"
+        f"demo_notice_ui([load_bundle({str(weak.path)!r}), load_bundle({str(fine.path)!r})])\n")
+    at = AppTest.from_file(str(script), default_timeout=60).run()
+    warnings = [w.value for w in at.warning]
+    assert any("weak (validation kappa 0.04)" in w for w in warnings)
+    assert not any("fine" in w for w in warnings)
