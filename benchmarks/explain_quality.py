@@ -47,7 +47,8 @@ def field_mask(shape: tuple[int, int], cx: float, cy: float, r: float) -> np.nda
     return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
 
 
-def evaluate(bundle_path: str, n: int, seed: int, size: int, methods: list[str]) -> dict:
+def evaluate(bundle_path: str, n: int, seed: int, size: int, methods: list[str],
+             layer: str | None = None) -> dict:
     bundle = load_bundle(bundle_path)
     predictor = Predictor(bundle, "cpu", cache=ModelCache())
     hits = {m: 0 for m in methods}
@@ -64,7 +65,7 @@ def evaluate(bundle_path: str, n: int, seed: int, size: int, methods: list[str])
         chance.append(float((target & inside).sum() / inside.sum()))
         for method in methods:
             t = time.perf_counter()
-            exp = predictor.explain(prepared, method=method, target="referable")
+            exp = predictor.explain(prepared, method=method, target="referable", layer=layer)
             seconds[method] += time.perf_counter() - t
             x, y = peak_in_photo(exp.heatmap, prepared.pre.field)
             if 0 <= y < target.shape[0] and 0 <= x < target.shape[1] and target[y, x]:
@@ -80,18 +81,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=60)
     p.add_argument("--seed", type=int, default=777)
     p.add_argument("--size", type=int, default=384)
+    p.add_argument("--layer", default=None, help="override the bundle's target layer")
     args = p.parse_args(argv)
     print("| bundle | method | pointing-game hit rate | random-map rate | ratio | ms/map | n |")
     print("|---|---|---|---|---|---|---|")
     for path in args.bundle:
         arch = load_bundle(path).manifest.explanation.arch
         methods = [m for m in METHODS if m != "scorecam" and (m != "attention_rollout" or arch == "vit")]
-        r = evaluate(path, args.n, args.seed, args.size, methods)
+        r = evaluate(path, args.n, args.seed, args.size, methods, args.layer)
         for m in methods:
             print(f"| {r['bundle']} | {m} | {r['rates'][m]:.0%} | {r['chance']:.0%} | "
                   f"{r['rates'][m] / max(r['chance'], 1e-9):.1f}x | {r['ms'][m]:.0f} | {r['n']} |")
     print(f"\nHit = heatmap peak inside the lesion masks dilated by {TOLERANCE:.0%} of the field "
-          "radius; target 'referable' (grades 2-4); synthetic photos of grades 2-4.")
+          "radius; target 'referable' (grades 2-4); synthetic photos of grades 2-4; layer "
+          f"{args.layer or 'from each bundle'}.")
 
 
 if __name__ == "__main__":
