@@ -24,7 +24,7 @@ from core.errors import BundleError
 from core.explain import Explanation, explain
 from core.images import decode_image
 from core.lora_bundle import HOST_PREFIX
-from core.preprocessing import FieldFit, Preprocessed, decode_min_side, preprocess
+from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, decode_min_side, preprocess
 from core.quality import QualityReport, assess
 
 
@@ -65,6 +65,19 @@ class PreparedImage:
     quality: QualityReport
 
 
+def prepare_image(rgb: np.ndarray, spec: PreprocessSpec,
+                  earlier: PreparedImage | None = None) -> PreparedImage:
+    """Preprocess a decoded photo for one spec and assess its quality.
+
+    Field and quality depend only on the photo: pass `earlier` (the same photo prepared for
+    another spec) to reuse them instead of finding the field and grading quality again.
+    """
+    field = earlier.pre.field if earlier is not None else None
+    pre = preprocess(rgb, spec, field=field)
+    quality = earlier.quality if earlier is not None else assess(rgb, field=pre.field)
+    return PreparedImage(rgb, pre, quality)
+
+
 class Predictor:
     """Owns one cached model on one device; safe to share between threads."""
 
@@ -88,8 +101,7 @@ class Predictor:
         spec = self.manifest.preprocessing
         rgb = source if isinstance(source, np.ndarray) else decode_image(
             source, min_side=decode_min_side(spec))
-        pre = preprocess(rgb, spec)
-        return PreparedImage(rgb, pre, assess(rgb, field=pre.field))
+        return prepare_image(rgb, spec)
 
     # -- outputs ------------------------------------------------------------------------------
     def predict(self, source: Any) -> Prediction:

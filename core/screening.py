@@ -28,8 +28,9 @@ from core.bundle import Bundle, load_bundle
 from core.errors import ConfigError, DRError, ImageDecodeError
 from core.images import SUPPORTED_SUFFIXES, decode_image, image_fingerprint, read_image_bytes
 from core.patients import compile_pattern, parse_identity
-from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, decode_min_side, preprocess
-from core.quality import QualityReport, assess
+from core.predict import Predictor, PreparedImage, prepare_image
+from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, decode_min_side
+from core.quality import QualityReport
 from core.safe_paths import DEFAULT_ZIP_LIMITS, ZipLimits, check_zip, is_inside, iter_zip
 from core.store import FileRow, ResultRow, Store
 
@@ -163,17 +164,17 @@ def prepare_task(task: Task) -> Prepared:
     if digest in _W["done"]:
         return Prepared(task.name, digest, done=True)
     try:
-        decoded: dict[int, np.ndarray] = {}
+        first: dict[int, PreparedImage] = {}  # per decode size: field + quality found once
         per_spec = []
         thumb = None
         for spec in _W["specs"]:
             side = decode_min_side(spec)  # same decode as the Grade page and training
-            if side not in decoded:
-                decoded[side] = decode_image(data, min_side=side, name=label)
-            rgb = decoded[side]
-            pre = preprocess(rgb, spec)
-            per_spec.append((pre.tensor.numpy(), pre.field, assess(rgb, field=pre.field)))
-            thumb = thumb or _thumbnail(pre.cropped)
+            earlier = first.get(side)
+            rgb = earlier.rgb if earlier else decode_image(data, min_side=side, name=label)
+            item = prepare_image(rgb, spec, earlier)
+            first.setdefault(side, item)
+            per_spec.append((item.pre.tensor.numpy(), item.pre.field, item.quality))
+            thumb = thumb or _thumbnail(item.pre.cropped)
     except ImageDecodeError as exc:
         return Prepared(task.name, digest, error=str(exc))
     return Prepared(task.name, digest, per_spec=tuple(per_spec), thumb=thumb)
@@ -219,7 +220,6 @@ def screen(sources: Any, bundles: Sequence[Bundle], store: Store, *, run_id: int
     run_id resumes that run (same bundles). stop_event stops cleanly after the current batch;
     the run is then 'interrupted' and can be resumed. workers=0 prepares in this process.
     """
-    from core.predict import Predictor
 
     if not bundles:
         raise ConfigError("Choose at least one model bundle to screen with.")
@@ -314,7 +314,6 @@ class _Batcher:
         self.files, self.graded = [], []
 
     def _grade(self, predictor: Any) -> list[ResultRow]:
-        from core.predict import PreparedImage
 
         if not self.graded:
             return []
