@@ -271,9 +271,9 @@ def test_sigkill_at_random_points_then_resume(clinic, tmp_path):
     db = tmp_path / "db.sqlite"
     rng = random.Random(7)
     total = len(_expected_files(root))
-    kills = 0
+    kills, cut_short = 0, False
     for _ in range(3):
-        target = min(_count(db, "run_files") + rng.randint(1, 4), total - 1)
+        target = min(_count(db, "run_files") + rng.randint(1, 4), total - 3)
         proc = _cli(root / "photos", bundle.path, db, *(["--resume", "1"] if kills else []))
         deadline = time.monotonic() + 60
         while _count(db, "run_files") < target and proc.poll() is None:
@@ -284,9 +284,11 @@ def test_sigkill_at_random_points_then_resume(clinic, tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait()
+        cut_short = _count(db, "run_files") < total  # the kill landed before the last file
     assert kills >= 2
     store = Store(db)
-    assert store.run(1).status == "running"  # killed: nobody could mark it
+    if cut_short:  # a fast machine may finish the last attempt before the kill lands
+        assert store.run(1).status == "running"  # killed: nobody could mark it
     screen(root / "photos", [bundle], store, run_id=1, workers=0)  # the last resume, in-process
     files = store.files_for_run(1)
     assert sorted(f.file for f in files) == sorted(_expected_files(root))
