@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import plotly.graph_objects as go
 
@@ -14,7 +15,16 @@ _NOT_REFERABLE = "#2e86c1"
 
 def probability_figure(probs: Sequence[float], grade: int | None = None, *,
                        height: int = 260, compact: bool = False) -> go.Figure:
-    """Bars per ICDR grade; referable grades (>= 2) in red, the predicted grade outlined."""
+    """Bars per ICDR grade; referable grades (>= 2) in red, the predicted grade outlined.
+
+    Built once per distinct input (plotly's validation costs ~20 ms a figure, paid on every
+    rerun of a page with several result cards otherwise); callers must not modify the figure.
+    """
+    return _figure(tuple(float(p) for p in probs), grade, height, compact)
+
+
+@lru_cache(maxsize=128)
+def _figure(probs: tuple[float, ...], grade: int | None, height: int, compact: bool) -> go.Figure:
     labels = [f"{g} {name}" if not compact else str(g) for g, name in enumerate(GRADE_NAMES)]
     colours = [_REFERABLE if g >= REFERABLE_MIN_GRADE else _NOT_REFERABLE for g in range(5)]
     widths = [3 if g == grade else 0 for g in range(5)]

@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.synthetic import Nuisance, generate_fundus
 from core.wording import RESEARCH_USE_NOTICE
-from tests.e2e.test_browser import ARGS, CHROMIUM, _open_page, _shot, streamlit_server
+from tests.e2e.browser_support import ARGS, CHROMIUM, open_page, shot, streamlit_server
 from tests.helpers import make_tiny_bundle
 
 pytestmark = pytest.mark.browser
@@ -53,7 +53,7 @@ def test_batch_upload_worklist_and_csv_in_chromium(tmp_path):
                                 accept_downloads=True)
         page.goto(f"http://127.0.0.1:{port}/")
         page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
-        _open_page(page, "Batch screening", "Batch screening")
+        open_page(page, "Batch screening", "Batch screening")
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
             [str(p) for p in photos])
         start = page.get_by_role("button", name="Start screening")
@@ -80,7 +80,7 @@ def test_batch_upload_worklist_and_csv_in_chromium(tmp_path):
         table.click(position={"x": 12, "y": 36 + 32})  # the first row's selection cell
         page.get_by_text("Clinician sign-off").wait_for(timeout=120_000)
         page.get_by_text("Highlighted: regions that most influenced").first.wait_for()
-        _shot(page, tmp_path, "batch")
+        shot(page, tmp_path, "batch")
         print(f"\nupload of {len(photos)} files -> worklist: {seconds * 1000:.0f} ms "
               "(includes loading the model)")
         browser.close()
