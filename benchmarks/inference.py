@@ -89,7 +89,7 @@ def plain_gradcam(model: torch.nn.Module, x: torch.Tensor, layer: str, kind: str
 def bench_arch(arch: str, args: argparse.Namespace, device: torch.device) -> Row:
     model = timm.create_model(arch, pretrained=False, num_classes=5).to(device).eval()
     kind = _arch_kind(model)
-    layer = suggest_layer(model, kind)
+    layer = suggest_layer(model, kind, input_size=224)  # what a 224-px bundle's trainer writes
     x = torch.randn(1, 3, 224, 224, device=device)
 
     def forward(batch: torch.Tensor = x) -> object:

@@ -8,7 +8,9 @@ base. For each, the median wall time of Predictor.predict(path) on a 1536x1024 J
 already loaded), next to a plain reference doing the same work naively in the same run
 (PIL open, full decode, resize to 224, forward). Also the cache's memory with every tier loaded,
 showing that the three LoRA bundles share one ViT-L. Targets (PERFORMANCE.md, 2-core CPU):
-baseline under 300 ms, ViT-L under 1 s.
+baseline under 300 ms, ViT-L under 1 s. The ViT-L row is repeated with the opt-in CPU int8 path
+(core/quantize.py, DR_CPU_INT8=1); --agreement-bundle reports how often int8 and fp32 give the
+same grade with a trained ViT bundle.
 """
 
 from __future__ import annotations
@@ -75,10 +77,32 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def agreement(path: str, n: int) -> str:
+    """int8 vs fp32 grades of a trained ViT bundle on fresh synthetic photos (seed 4242)."""
+    from core.bundle import load_bundle
+
+    bundle = load_bundle(path)
+    cache = ModelCache()
+    fp32 = Predictor(bundle, "cpu", cache=cache, cpu_int8=False)
+    int8 = Predictor(bundle, "cpu", cache=cache, cpu_int8=True)
+    photos = [generate_fundus(i % 5, 4242 + i, size=512).image for i in range(n)]
+    a = [p for p in fp32.predict_batch(photos) if p.gradable]
+    b = [p for p in int8.predict_batch(photos) if p.gradable]
+    same_grade = sum(x.grade == y.grade for x, y in zip(a, b, strict=True))
+    same_ref = sum(x.referable == y.referable for x, y in zip(a, b, strict=True))
+    dp = max(float(np.abs(x.probs - y.probs).max()) for x, y in zip(a, b, strict=True))
+    return (f"\nint8 vs fp32 on {bundle.name}, {len(a)} gradable synthetic photos: same grade "
+            f"{same_grade}/{len(a)}, same referable decision {same_ref}/{len(a)}, largest "
+            f"probability difference {dp:.3f}.")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--archs", nargs="+", default=["resnet18", "resnet50", "vit_large"])
+    p.add_argument("--agreement-bundle", default=None,
+                   help="a trained ViT bundle: int8 vs fp32 agreement on synthetic photos")
+    p.add_argument("--agreement-n", type=int, default=100)
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="dr-single-"))
     photo = tmp / "photo.jpg"
@@ -94,17 +118,23 @@ def main(argv: list[str] | None = None) -> None:
             spec = ArchitectureSpec("timm_classifier", {"model_name": arch, "num_classes": 5})
             bundles = [_bundle(tmp, arch, spec, "backbone.layer4", "cnn")]
         for bundle in bundles:
-            pred = Predictor(bundle, "cpu", cache=cache)
+            pred = Predictor(bundle, "cpu", cache=cache, cpu_int8=False)
             ours = _median_ms(lambda p=pred: p.predict(photo), args.repeats)
             with pred.loaded.use() as model:
                 plain = _median_ms(lambda: _plain(model, photo), args.repeats)
             rows.append((bundle.name, bundle.manifest.tier, ours, plain))
+            if bundle.manifest.tier == "retfound":  # the opt-in int8 path, same plain reference
+                int8 = Predictor(bundle, "cpu", cache=cache, cpu_int8=True)
+                rows.append((f"{bundle.name} (DR_CPU_INT8=1)", "retfound",
+                             _median_ms(lambda p=int8: p.predict(photo), args.repeats), plain))
     print(f"\nOne 1536x1024 JPEG, {os.cpu_count()} CPU cores, torch threads "
           f"{torch.get_num_threads()}, median of {args.repeats}:\n")
     print("| bundle | tier | ours: decode+quality+preprocess+grade ms | plain: PIL+resize+forward ms |")
     print("|---|---|---|---|")
     for name, tier, ours, plain in rows:
         print(f"| {name} | {tier} | {ours:.0f} | {plain:.0f} |")
+    if args.agreement_bundle:
+        print(agreement(args.agreement_bundle, args.agreement_n))
     print(f"\nCache with all of the above loaded: {cache.total_bytes() / 2**20:.0f} MiB in "
           f"{len(cache.loaded_modules())} loaded modules (LoRA bundles share their base). "
           f"Load average {os.getloadavg()[0]:.1f}.")

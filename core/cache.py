@@ -79,6 +79,20 @@ class ModelCache:
             lambda: {k: v.to(dev) for k, v in read_adapter_state(bundle, host).items()})
         return LoadedModel(bundle, host, dev, adapter)
 
+    def get_int8(self, bundle: Bundle) -> LoadedModel:
+        """A CPU int8 copy of a non-LoRA bundle's model (core.quantize), cached beside fp32."""
+        from core.quantize import int8_copy, int8_nbytes
+
+        fp32 = self.get(bundle, "cpu")
+
+        def load() -> nn.Module:
+            with fp32.lock:  # never deep-copy a module while an explanation has hooks on it
+                return int8_copy(fp32.module)
+
+        module = self._get_or_load(("int8", bundle.key), load,
+                                   size_of=lambda _m: int8_nbytes(fp32.module))
+        return LoadedModel(bundle, module, fp32.device)
+
     def total_bytes(self) -> int:
         with self._lock:
             return sum(size for _, size in self._entries.values())
@@ -91,7 +105,7 @@ class ModelCache:
         with self._lock:
             self._entries.clear()
 
-    def _get_or_load(self, key: tuple, load):
+    def _get_or_load(self, key: tuple, load, size_of=None):
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -106,8 +120,12 @@ class ModelCache:
             finally:
                 with self._lock:
                     self._loading.pop(key, None)
-            size = module_nbytes(value) if isinstance(value, nn.Module) else sum(
-                t.numel() * t.element_size() for t in value.values())
+            if size_of is not None:
+                size = size_of(value)
+            elif isinstance(value, nn.Module):
+                size = module_nbytes(value)
+            else:
+                size = sum(t.numel() * t.element_size() for t in value.values())
             with self._lock:
                 self._entries[key] = (value, size)
                 self._evict_locked(keep=key)

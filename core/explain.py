@@ -58,6 +58,7 @@ METHODS: tuple[str, ...] = (*_CAMS, "attention_rollout")
 _GRADIENT_FREE = {"eigencam", "scorecam", "attention_rollout"}
 _CLASS_AGNOSTIC = {"eigencam", "attention_rollout"}
 SCORECAM_MAX_CPU_PARAMS = 30_000_000
+MIN_LESION_GRID = 20  # cells across the model input for a CNN's default target layer
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
@@ -109,13 +110,21 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
     return module
 
 
-def suggest_layer(model: nn.Module, arch: str = "cnn") -> str:
-    """A sensible default target layer (RETFOUND.md): ViT blocks[-1].norm1, resnet layer4, ..."""
+def suggest_layer(model: nn.Module, arch: str = "cnn", input_size: int | None = None) -> str:
+    """A sensible default target layer (RETFOUND.md): ViT blocks[-1].norm1, resnet layer4, ...
+
+    With `input_size`, a CNN gets the deepest stage whose map still has MIN_LESION_GRID cells
+    across (timm's feature_info): DR lesions are a few pixels wide, and a 6x6 last-stage map of
+    a 192-px input cannot point at one (benchmarks/explain_quality.py measures the difference).
+    """
     names = dict(model.named_modules())
     if arch == "vit":
         vit = find_vit(model)
         prefix = next(n for n, m in names.items() if m is vit)
         return f"{prefix + '.' if prefix else ''}blocks.{len(vit.blocks) - 1}.norm1"
+    staged = _finest_useful_stage(model, input_size) if input_size else None
+    if staged:
+        return staged
     top_level = [n for n in names if not any(p.isdigit() for p in n.split("."))]
     for suffix in ("layers", "stages", "layer4", "bn2", "features", "blocks"):
         hits = [n for n in top_level if n == suffix or n.endswith("." + suffix)]
@@ -128,6 +137,18 @@ def suggest_layer(model: nn.Module, arch: str = "cnn") -> str:
     if not convs:
         raise ConfigError("No convolution found; pass layer= explicitly.")
     return convs[-1]
+
+
+def _finest_useful_stage(model: nn.Module, input_size: int) -> str | None:
+    """Deepest timm feature stage with at least MIN_LESION_GRID cells per side, if any."""
+    for prefix, module in model.named_modules():
+        info = getattr(module, "feature_info", None)
+        if not isinstance(info, list) or not info:
+            continue
+        fine = [f["module"] for f in info if int(f["reduction"]) >= 8  # past the stem
+                and input_size // int(f["reduction"]) >= MIN_LESION_GRID]
+        return f"{prefix + '.' if prefix else ''}{fine[-1]}" if fine else None
+    return None
 
 
 class _ClassTarget:

@@ -8,6 +8,7 @@ vision-threatening decisions use the bundle's operating thresholds, not argmax.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ class Predictor:
     """Owns one cached model on one device; safe to share between threads."""
 
     def __init__(self, bundle: Bundle, device: str = "auto", *, cache: ModelCache | None = None,
-                 tta: bool = False, max_batch: int = 16) -> None:
+                 tta: bool = False, max_batch: int = 16, cpu_int8: bool | None = None) -> None:
         if "icdr_grade" not in bundle.manifest.outputs:
             raise BundleError(f"Bundle {bundle.name!r} outputs {list(bundle.manifest.outputs)}, "
                               "not ICDR grades: it is an encoder for training, not a grader.")
@@ -90,8 +91,14 @@ class Predictor:
         self.manifest = bundle.manifest
         self.tta = tta
         self.max_batch = max(1, max_batch)
-        self.loaded: LoadedModel = (cache or default_cache()).get(bundle, device)
+        cache = cache or default_cache()
+        self.loaded: LoadedModel = cache.get(bundle, device)
         self.device = self.loaded.device
+        if cpu_int8 is None:
+            cpu_int8 = os.environ.get("DR_CPU_INT8", "") == "1"
+        # int8 only where it pays and stays exact to swap: ViT tiers on the CPU, not LoRA hosts
+        self.int8 = cpu_int8 and self.device.type == "cpu" and self.manifest.tier == "retfound"
+        self.grader: LoadedModel = cache.get_int8(bundle) if self.int8 else self.loaded
         if self.device.type == "cuda" and self.manifest.explanation.arch == "cnn":
             self.loaded.module.to(memory_format=torch.channels_last)
 
@@ -131,7 +138,7 @@ class Predictor:
         x = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda" and self.manifest.explanation.arch == "cnn":
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.loaded.use() as model, torch.inference_mode(), autocast_for(self.device):
+        with self.grader.use() as model, torch.inference_mode(), autocast_for(self.device):
             out = model(x).float()
             if self.tta:
                 out = (out + model(torch.flip(x, dims=[3])).float()) / 2
@@ -145,7 +152,8 @@ class Predictor:
                 target: int | str = "predicted", layer: str | None = None) -> Explanation:
         """Heatmap for one prepared photo with the bundle's default layer and method.
 
-        Runs in fp32 under the model's lock with this bundle's adapter active (LoRA).
+        Runs in fp32 under the model's lock with this bundle's adapter active (LoRA), on the
+        fp32 model even when grades come from the int8 copy (gradients need it).
         """
         spec = self.manifest.explanation
         layer = layer or spec.target_layer
@@ -161,7 +169,8 @@ class Predictor:
         return {"preprocessing": dataclasses.asdict(self.manifest.preprocessing),
                 "temperature": cal.temperature, "referable_threshold": cal.referable_threshold,
                 "vision_threatening_threshold": cal.vision_threatening_threshold,
-                "tta": self.tta, "device": str(self.device), "bundle_key": self.bundle.key}
+                "tta": self.tta, "device": str(self.device), "bundle_key": self.bundle.key,
+                "cpu_int8": self.int8}
 
     def _result(self, item: PreparedImage, probs: np.ndarray | None, start: float) -> Prediction:
         m = self.manifest

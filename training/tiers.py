@@ -75,7 +75,8 @@ def build_setup(cfg: TrainConfig) -> TierSetup:
         arch = ArchitectureSpec("timm_classifier", {"model_name": m.name, "num_classes": 5,
                                                     "dropout_rate": m.dropout_rate})
         return TierSetup("baseline", model, arch,
-                         ExplanationSpec(suggest_layer(model, "cnn"), arch="cnn"),
+                         ExplanationSpec(suggest_layer(model, "cnn", cfg.preprocessing.input_size),
+                                         arch="cnn"),
                          freeze_epochs=cfg.optim.freeze_epochs)
     vit, base = _load_vit(cfg)
     if m.grad_checkpointing:

@@ -256,6 +256,36 @@ def test_layer_names_and_suggestions() -> None:
     assert e.layer == "layer4.0" and e.heatmap.shape == (64, 64)
 
 
+def test_suggested_layer_keeps_a_lesion_scale_grid() -> None:
+    """With the input size, the deepest stage with >= MIN_LESION_GRID cells across is chosen."""
+    import timm
+
+    from core.explain import MIN_LESION_GRID
+
+    resnet = timm.create_model("resnet10t", num_classes=5, pretrained=False)
+    assert suggest_layer(resnet, "cnn", 192) == "layer2"  # 24 cells; layer3 would give 12
+    assert suggest_layer(resnet, "cnn", 384) == "layer3"  # 24 cells; layer4 would give 12
+    assert suggest_layer(resnet, "cnn", 2048) == "layer4"
+    assert suggest_layer(resnet, "cnn", 64) == "layer4.0"  # no stage fine enough: the default
+    for size in (192, 224, 320, 384, 512):
+        grid = _grid(resnet, suggest_layer(resnet, "cnn", size), size)
+        assert MIN_LESION_GRID <= grid < 2 * MIN_LESION_GRID  # the next stage would be too coarse
+    assert suggest_layer(tiny_vit(), "vit", 192) == "blocks.1.norm1"  # a ViT's grid is its patches
+
+
+def _grid(model, layer: str, size: int) -> int:
+    seen = {}
+
+    def note(_module, _inputs, out) -> None:
+        seen["shape"] = out.shape
+
+    handle = resolve_layer(model, layer).register_forward_hook(note)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    handle.remove()
+    return seen["shape"][-1]
+
+
 def test_model_lock_is_one_reentrant_lock_per_model() -> None:
     a, b = tiny_cnn(), tiny_cnn()
     assert model_lock(a) is model_lock(a) and model_lock(a) is not model_lock(b)
