@@ -42,7 +42,7 @@ from core.explain_vit import (
 )
 from core.overlay import overlay
 
-__all__ = ["METHODS", "Explanation", "explain", "model_lock", "overlay", "suggest_layer"]
+__all__ = ["CLASS_AGNOSTIC", "METHODS", "Explanation", "explain", "model_lock", "overlay", "suggest_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ _CAMS = {
 }
 METHODS: tuple[str, ...] = (*_CAMS, "attention_rollout")
 _GRADIENT_FREE = {"eigencam", "scorecam", "attention_rollout"}
-_CLASS_AGNOSTIC = {"eigencam", "attention_rollout"}
+CLASS_AGNOSTIC = frozenset({"eigencam", "attention_rollout"})
 SCORECAM_MAX_CPU_PARAMS = 30_000_000
 MIN_LESION_GRID = 20  # cells across the model input for a CNN's default target layer
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
@@ -290,7 +290,7 @@ def _classes(target: int | str, logits: torch.Tensor) -> list[int | None]:
 
 
 def _target_label(target: int | str, k: int | None, method: str) -> tuple[str, int | None]:
-    if method in _CLASS_AGNOSTIC:
+    if method in CLASS_AGNOSTIC:
         return "class-agnostic", None
     if target == "referable":
         return "referable (grades 2-4)", None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.explain import CLASS_AGNOSTIC
 from core.grading import GRADE_NAMES
 from dashboard.components.analysis import analysis_for, explanation_for, load_predictor
 from dashboard.components.bundles import bundle_selector_ui, explain_methods, graders, installed
@@ -31,7 +32,9 @@ if predictor is None:
     st.stop()
 photos = photo_inputs_ui(key="explain", multiple=False)
 methods_ok = explain_methods(predictor)
-default = [m for m in (bundle.manifest.explanation.method, "eigencam") if m in methods_ok]
+# beside the bundle's method: the best at pointing at lesions (benchmarks/explain_quality.py)
+second = "attention_rollout" if bundle.manifest.explanation.arch == "vit" else "hirescam"
+default = [m for m in (bundle.manifest.explanation.method, second) if m in methods_ok]
 c1, c2, c3 = st.columns([3, 2, 2])
 methods = c1.multiselect("Methods", methods_ok, default=list(dict.fromkeys(default)),
                          key="explain-methods")
@@ -89,4 +92,9 @@ for lo in range(0, len(cells), per_row):
                            + (f" ({rel:.0%} of the strongest)" if rel is not None else ""))
                 if rel is not None:
                     st.progress(min(1.0, rel))
+agnostic = [m for m in maps if m in CLASS_AGNOSTIC]
+if agnostic:
+    st.caption(f"{', '.join(agnostic)}: the same map whatever the target. It shows what dominates "
+               "the model's features (often the disc or the field edge), not the evidence for "
+               "this grade.")
 st.caption(heatmap_caption())

@@ -38,6 +38,7 @@ def test_methods_follow_the_architecture(app):
     cnn_methods = app.multiselect(key="explain-methods").options
     assert "attention_rollout" not in cnn_methods and "gradcam" in cnn_methods
     assert "scorecam" in cnn_methods  # tiny model: small enough for ScoreCAM on a CPU
+    assert app.multiselect(key="explain-methods").value == ["gradcam", "hirescam"]
     _bundle(app, "tiny-vit")
     assert "attention_rollout" in app.multiselect(key="explain-methods").options
 
@@ -52,6 +53,7 @@ def test_several_methods_side_by_side_with_strength(app):
     layers = [c for c in captions if "layer `backbone.layer4`" in c]
     assert len(layers) == 3 and all("raw peak strength" in c for c in layers)
     assert HEATMAP_CAPTION in all_text(app)
+    assert any(c.startswith("eigencam: the same map whatever the target") for c in captions)
     app.checkbox(key="explain-common").check().run()
     assert not app.exception
     rel = [c for c in texts(app, "caption") if "of the strongest" in c]
