@@ -90,7 +90,7 @@ def agreement(path: str, n: int) -> str:
     b = [p for p in int8.predict_batch(photos) if p.gradable]
     same_grade = sum(x.grade == y.grade for x, y in zip(a, b, strict=True))
     same_ref = sum(x.referable == y.referable for x, y in zip(a, b, strict=True))
-    dp = max(float(np.abs(x.probs - y.probs).max()) for x, y in zip(a, b, strict=True))
+    dp = max(float(np.abs(np.subtract(x.probs, y.probs)).max()) for x, y in zip(a, b, strict=True))
     return (f"\nint8 vs fp32 on {bundle.name}, {len(a)} gradable synthetic photos: same grade "
             f"{same_grade}/{len(a)}, same referable decision {same_ref}/{len(a)}, largest "
             f"probability difference {dp:.3f}.")
