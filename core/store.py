@@ -57,6 +57,14 @@ class RunInfo:
     n_files: int
     n_results: int
     n_errors: int
+    last_activity: str | None = None  # running runs: when the newest photo was stored
+
+    def idle_minutes(self, now: datetime | None = None) -> float | None:
+        """Minutes since a running run last stored a photo; a stopped process stays 'running'."""
+        if self.status != "running" or not self.last_activity:
+            return None
+        then = datetime.fromisoformat(self.last_activity)
+        return max(0.0, ((now or datetime.now(timezone.utc)) - then).total_seconds() / 60)
 
 
 @dataclass(frozen=True)
@@ -301,11 +309,17 @@ class Store:
 
     def _run_info(self, row: sqlite3.Row) -> RunInfo:
         counts = (row["n_files"], row["n_results"], row["n_errors"])
+        last = None
         if row["status"] == "running":  # live counts while it runs
-            counts = self._counts(self._conn(), row["id"])
+            conn = self._conn()
+            counts = self._counts(conn, row["id"])
+            last = conn.execute(  # newest stored photo, or the run's start / resumption
+                "SELECT MAX(t) FROM (SELECT MAX(created_at) AS t FROM run_files WHERE run_id=?1 "
+                "UNION ALL SELECT MAX(created_at) FROM audit WHERE run_id=?1 UNION ALL "
+                "SELECT created_at FROM runs WHERE id=?1)", (row["id"],)).fetchone()[0]
         return RunInfo(row["id"], row["created_at"], row["finished_at"], row["source"],
                        tuple(json.loads(row["models"])), json.loads(row["settings"]),
-                       row["status"], *counts)
+                       row["status"], *counts, last_activity=last)
 
     # -- results --------------------------------------------------------------------------
     def add_batch(self, files: Iterable[FileRow], results: Iterable[ResultRow]) -> None:

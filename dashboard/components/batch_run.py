@@ -127,8 +127,30 @@ def _when(iso: str) -> str:
 def run_label(info: RunInfo) -> str:
     """One line per run: when, what, status and counts (the source is the folder or uploads)."""
     source = info.source if len(info.source) <= 60 else "..." + info.source[-57:]
-    return (f"Run {info.id} - {_when(info.created_at)} - {source} - {info.status} - "
+    idle = info.idle_minutes()
+    status = info.status if idle is None else f"running, last photo stored {_ago(idle)}"
+    return (f"Run {info.id} - {_when(info.created_at)} - {source} - {status} - "
             f"{info.n_files} files, {info.n_errors} unreadable")
+
+
+def _ago(minutes: float) -> str:
+    if minutes < 1:
+        return "under a minute ago"
+    if minutes < 120:
+        return f"{minutes:.0f} min ago"
+    return f"{minutes / 60:.0f} h ago"
+
+
+def stalled_note(info: RunInfo) -> str | None:
+    """For a 'running' run: how long it has been idle, and what that probably means."""
+    idle = info.idle_minutes()
+    if idle is None:
+        return None
+    if idle < 2:
+        return (f"Last photo stored {_ago(idle)}: it is probably still being screened, here or "
+                "in another browser tab. Resume it only if nobody else is screening it now.")
+    return (f"No photo stored for {_ago(idle).removesuffix(' ago')}: the run stopped (a closed "
+            "tab, a restart or a crash). Everything stored is kept; resume to screen the rest.")
 
 
 def runs_ui(store: Store, *, key: str) -> RunInfo | None:

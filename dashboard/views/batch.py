@@ -18,6 +18,7 @@ from dashboard.components.batch_run import (
     open_store,
     run_screening,
     runs_ui,
+    stalled_note,
 )
 from dashboard.components.batch_source import (
     FOLDER,
@@ -119,9 +120,9 @@ def _resume_ui(info: RunInfo, choice: SourceChoice, pattern: str | None) -> None
                 "above, then press Resume. Photos already graded are not graded twice.")
     st.warning(f"Run {info.id} is **{info.status}**: {info.n_files} files recorded so far. "
                f"{note}", icon=":material/pending:")
-    if info.status == "running":
-        st.caption("Only resume a 'running' run if nobody else is screening it now (it was "
-                   "probably left by a closed tab or a crash).")
+    note = stalled_note(info)
+    if note:
+        st.caption(note)
     if st.button(f"Resume run {info.id}", key="batch-resume", disabled=not source.sources,
                  icon=":material/resume:"):
         _start(source, models, pattern, run_id=info.id)

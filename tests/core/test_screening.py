@@ -182,6 +182,25 @@ def test_forced_thresholds_give_urgency_order(clinic, tmp_path):
     assert wl.images[len(gradable)].urgency == Urgency.UNGRADABLE
 
 
+def test_an_exception_from_progress_marks_the_run_interrupted(clinic, tmp_path):
+    """Streamlit stops a script by raising inside its next call: the page's Stop button."""
+    root, _, bundle, _ = clinic
+    store = Store(tmp_path / "db.sqlite")
+
+    class ScriptStopped(Exception):
+        pass
+
+    def progress(done, *_):
+        if done >= 3:
+            raise ScriptStopped
+
+    with pytest.raises(ScriptStopped):
+        screen(root / "photos", [bundle], store, workers=0, batch_size=1, progress=progress)
+    (info,) = store.list_runs()
+    assert info.status == "interrupted" and 3 <= info.n_files < len(_expected_files(root))
+    assert len(store.results_for_run(info.id)) >= 3  # graded before the stop: kept
+
+
 def test_stop_and_resume_does_not_regrade(clinic, tmp_path):
     root, _, bundle, _ = clinic
     store = Store(tmp_path / "db.sqlite")

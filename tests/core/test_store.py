@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,23 @@ def test_two_processes_write_at_once(tmp_path):
     store = Store(db)
     runs = store.list_runs()
     assert len(runs) == 2 and all(r.n_results == 300 and r.status == "done" for r in runs)
+
+
+def test_running_runs_report_their_last_activity(tmp_path):
+    """A killed process leaves its run 'running': the idle time tells a stalled run apart."""
+    store = Store(tmp_path / "db.sqlite")
+    run_id = store.create_run("x", ["m@1#a"], {})
+    started = store.run(run_id)
+    assert started.last_activity == started.created_at
+    files, results = _rows(run_id, 3)
+    store.add_batch(files, results)
+    info = store.run(run_id)
+    newest = max(r[0] for r in store._conn().execute(
+        "SELECT created_at FROM run_files WHERE run_id=?", (run_id,)))
+    assert info.last_activity == newest >= started.created_at
+    then = datetime.fromisoformat(newest)
+    assert info.idle_minutes(then + timedelta(minutes=30)) == pytest.approx(30)
+    done = store.finish_run(run_id)
+    assert done.last_activity is None and done.idle_minutes() is None
+    store.reopen_run(run_id)  # a resumption counts as activity
+    assert store.run(run_id).last_activity > newest
