@@ -6,11 +6,14 @@
 Starts `streamlit run` on a free localhost port over the chosen models folder, opens Debian's
 chromium (playwright), uploads one photo once to load the model, then for each photo kind does
 `--sessions` rounds of: reload the page (a new session; the model stays loaded in the server),
+wait until the page's first script run has drawn everything (its closing hint shows),
 upload one photo, wait for its result card. Times come from the page's own clock
 (tests/e2e/browser_support.py): upload start -> card painted. Photo kinds: synthetic 600 px and
 2048 px JPEGs, and, when --photos names a folder, its JPEGs (real photos stay outside the
 repository). The reference column is the same photo through core alone in this process
 (decode + quality + preprocess + grade, `Predictor.predict`), i.e. the part no UI can avoid.
+A last row adds a second photo to a session whose first card is fully drawn (the new card is
+drawn above the earlier one).
 Target (issue 6): under 1 s on 2 cores with the demo baseline bundle.
 """
 
@@ -28,7 +31,14 @@ from PIL import Image
 from core.bundle import load_bundle
 from core.predict import Predictor
 from core.synthetic import Nuisance, generate_fundus
-from tests.e2e.browser_support import ARGS, CHROMIUM, streamlit_server, upload_and_time
+from tests.e2e.browser_support import (
+    ARGS,
+    CHROMIUM,
+    open_grade_page_ready,
+    streamlit_server,
+    upload_and_time,
+    wait_idle,
+)
 
 TARGET_MS = 1000.0
 
@@ -74,16 +84,25 @@ def _browser_rounds(port: int, kinds: dict[str, list[Path]], bundle: str) -> dic
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 2400})
         page.goto(f"http://127.0.0.1:{port}/")
-        page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
+        open_grade_page_ready(page)
         warmup = next(iter(kinds.values()))[0]
         upload_and_time(page, [warmup], warmup.name)  # loads the model into the server
         for kind, paths in kinds.items():
             results[kind] = []
             for path in paths:
                 page.reload()
-                page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
-                time.sleep(0.5)  # let the fresh page settle, as a user would before dropping
+                open_grade_page_ready(page)  # its first run done, as when a person picks a file
                 results[kind].append(upload_and_time(page, [path], path.name))
+        first_kind = next(iter(kinds))
+        added = f"{first_kind}, added beside a first photo"
+        results[added] = []
+        paths = kinds[first_kind]
+        for a, b in zip(paths, paths[1:] + paths[:1], strict=True):
+            page.reload()
+            open_grade_page_ready(page)
+            upload_and_time(page, [a], a.name)
+            wait_idle(page)  # the first card drawn in full before the next photo is added
+            results[added].append(upload_and_time(page, [b], b.name))
         browser.close()
     return results
 
@@ -110,11 +129,12 @@ def main() -> None:
           "(median) | target |")
     print("|---|---|---|---|---|---|---|")
     for kind, timings in rounds.items():
+        ref = core.get(kind, core[next(iter(core))])
         painted = [t.painted_ms for t in timings]
         seen = [t.playwright_ms for t in timings]
         verdict = "met" if _p90(painted) < TARGET_MS else "NOT met"
         print(f"| {kind} | {statistics.median(painted):.0f} | {_p90(painted):.0f} | "
-              f"{max(painted):.0f} | {statistics.median(seen):.0f} | {core[kind]:.0f} | "
+              f"{max(painted):.0f} | {statistics.median(seen):.0f} | {ref:.0f} | "
               f"p90 < {TARGET_MS:.0f}: {verdict} |")
     print(f"\n{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
 

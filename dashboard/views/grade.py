@@ -42,11 +42,13 @@ if predictor is None:
     st.stop()
 
 with st.spinner("Grading..."):
-    analyses = [analysis_for(bundle, photo) for photo in photos]
+    # newest first: a photo added to a session shows its card at once, above the earlier ones
+    analyses = [analysis_for(bundle, photo) for photo in reversed(photos)]
 
 
 def _summary(items: list[Analysis]) -> None:
-    """Several photos: one line each before the detail, decision first."""
+    """Several photos: one line each before the detail, decision first, newest first."""
+    st.caption(f"{len(items)} photos, the most recently added first.")
     st.dataframe([{
         "photo": a.photo.name,
         "result": a.error and "Could not read the file" or headline(a.prediction),

@@ -176,3 +176,11 @@ def test_real_photos_graded_and_non_fundus_never_graded(app, fundus_samples_dir)
     assert results["LoadedImage.png"] == Urgency.UNGRADABLE.label
     assert results["687_right.jpeg"] != Urgency.UNGRADABLE.label
     assert results["22_training.tif"] != Urgency.UNGRADABLE.label
+
+
+def test_an_added_photo_comes_first(app):
+    """Adding a photo to the session puts its card (and summary row) above the earlier ones."""
+    _upload(app, ("first.png", fundus_png(1), "image/png"))
+    _upload(app, ("first.png", fundus_png(1), "image/png"), ("second.png", fundus_png(2), "image/png"))
+    assert [h.value for h in app.subheader][:2] == ["second.png", "first.png"]
+    assert list(app.dataframe[0].value["photo"]) == ["second.png", "first.png"]

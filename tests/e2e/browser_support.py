@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-CARD_TEXT = "Suggested grade:"  # result_card.grade_ui's line; also written for ungradable photos
+CARD_TEXT = "Suggested grade:"  # result_card.grade_ui's line (gradable photos only)
+GRADE_READY_TEXT = "Upload one or more fundus photos"  # the Grade page's last line, no photo yet
 
 # Arms the observer. The card is the vertical block that holds the photo's h3 heading.
 _ARM_JS = """([name, text]) => {
@@ -92,6 +93,25 @@ def streamlit_server(tmp_path: Path, **env_vars: str):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait_idle(page, timeout_ms: int = 120_000) -> None:
+    """Until the app's script run has finished (streamlit's `data-test-script-state`)."""
+    page.wait_for_function(
+        """() => document.querySelector('[data-testid="stApp"]')
+                   ?.getAttribute('data-test-script-state') === 'notRunning'""",
+        timeout=timeout_ms)
+
+
+def open_grade_page_ready(page) -> None:
+    """Wait until the Grade page's first script run has finished (its closing hint shows).
+
+    A person opens the file dialog after the page has drawn; an upload fired while the first
+    run is still going would time that run too.
+    """
+    page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
+    page.get_by_text(GRADE_READY_TEXT).first.wait_for(timeout=60_000)
+    wait_idle(page)
 
 
 def upload_and_time(page, files: list[Path], name: str) -> UploadTiming:

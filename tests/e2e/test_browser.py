@@ -21,10 +21,12 @@ from core.synthetic import Nuisance, generate_fundus
 from tests.e2e.browser_support import (
     ARGS,
     CHROMIUM,
+    open_grade_page_ready,
     open_page,
     shot,
     streamlit_server,
     upload_and_time,
+    wait_idle,
 )
 from tests.helpers import TINY_VIT, make_lora_bundles, make_tiny_bundle
 
@@ -73,11 +75,12 @@ def test_grade_then_compare_in_chromium(tmp_path):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 2400})
         page.goto(f"http://127.0.0.1:{port}/")
-        page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
+        open_grade_page_ready(page)
         first = upload_and_time(page, [photos[0]], "eye1.jpg")
         page.reload()  # a fresh session: the model stays loaded in the server process
-        page.get_by_role("heading", name="Grade a fundus photo").wait_for(timeout=60_000)
+        open_grade_page_ready(page)
         warm = upload_and_time(page, [photos[1]], "eye2.jpg")
+        wait_idle(page)  # the first card drawn in full (heatmap too), as a person would see it
         both = upload_and_time(page, [photos[0]], "eye1.jpg")  # adds a second photo
         page.get_by_text("Highlighted: regions that most influenced").first.wait_for()
         page.locator('[data-testid="stImage"]').nth(5).wait_for(timeout=120_000)  # 3 per photo
