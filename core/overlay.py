@@ -28,11 +28,15 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
 
 
 def overlay(
-    image_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet"
+    image_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet",
+    *, weighted: bool = False,
 ) -> np.ndarray:
-    """Blend ``(1 - alpha) * image + alpha * colour(heatmap)``; the heatmap is resized to the image.
+    """Blend ``(1 - a) * image + a * colour(heatmap)``; the heatmap is resized to the image.
 
-    alpha 0 returns the photo unchanged, alpha 1 the colour map alone.
+    ``a = alpha`` everywhere, or with ``weighted`` ``a = alpha * heat`` per pixel, so the photo
+    stays readable where the map is weak and only the strong regions are coloured (what a
+    clinician checking the lesions underneath needs). alpha 0 returns the photo unchanged;
+    alpha 1 the colour map alone (unweighted) or where the map is 1 (weighted).
     """
     image = np.asarray(image_rgb)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -46,5 +50,6 @@ def overlay(
     if heat.shape != (h, w):
         heat = cv2.resize(np.nan_to_num(heat), (w, h), interpolation=cv2.INTER_LINEAR)
     color = colorize(heat, colormap)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
+    a = alpha * np.clip(np.nan_to_num(heat), 0.0, 1.0)[..., None] if weighted else alpha
+    blended = (1.0 - a) * image.astype(np.float32) + a * color.astype(np.float32)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)

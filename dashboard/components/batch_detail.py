@@ -94,7 +94,10 @@ def _settings(info: RunInfo, row: ResultRow) -> dict:
 
 
 def _p_line(label: str, p: float | None, threshold: object) -> str:
-    return f"{label}: **{p:.2f}** (threshold {threshold})" if p is not None else f"{label}: -"
+    if p is None:
+        return f"{label}: -"
+    t = f"{threshold:.3f}" if isinstance(threshold, (int, float)) else "not recorded"
+    return f"{label}: **{p:.2f}** (threshold {t})"
 
 
 def result_ui(info: RunInfo, item: ImageItem, programme: str) -> None:

@@ -11,7 +11,7 @@ from core.overlay import overlay
 from core.preprocessing import PreprocessSpec
 from core.wording import HEATMAP_CAPTION
 
-DEFAULT_OPACITY = 0.4
+DEFAULT_OPACITY = 0.6  # at the map's peak; weaker regions get less
 
 
 def model_input_rgb(tensor: torch.Tensor, spec: PreprocessSpec) -> np.ndarray:
@@ -31,11 +31,13 @@ def scaled_heatmap(explanation: Explanation, common_peak: float | None = None) -
 
 def opacity_ui(*, key: str) -> float:
     return float(st.slider("Heatmap opacity", 0.0, 1.0, DEFAULT_OPACITY, 0.05, key=key,
-                           help="Only re-blends the picture; nothing is recomputed."))
+                           help="Colour strength where the map peaks (weaker regions get proportionally "
+                                "less). Only re-blends the picture; nothing is recomputed."))
 
 
 def overlay_image(cropped: np.ndarray, heatmap: np.ndarray, opacity: float) -> np.ndarray:
-    return overlay(cropped, heatmap, alpha=opacity)
+    """Heat-weighted: weak regions leave the photo as it is, so the lesions stay visible."""
+    return overlay(cropped, heatmap, alpha=opacity, weighted=True)
 
 
 def heatmap_caption() -> str:

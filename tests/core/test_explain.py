@@ -346,6 +346,20 @@ def test_overlay_blends_between_photo_and_colour_map() -> None:
         overlay(image.astype(np.float32), heat)
 
 
+def test_weighted_overlay_leaves_weak_regions_as_the_photo() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    heat = np.zeros((40, 60), np.float32)
+    heat[10:20, 10:30] = 1.0
+    out = overlay(image, heat, alpha=0.8, weighted=True)
+    assert np.array_equal(out[heat == 0], image[heat == 0])  # untouched where the map is 0
+    full = overlay(image, heat, alpha=0.8)
+    assert np.array_equal(out[heat == 1], full[heat == 1])  # as the plain blend at the peak
+    half = overlay(image, np.full((40, 60), 0.5, np.float32), alpha=0.8, weighted=True)
+    plain_04 = overlay(image, np.full((40, 60), 0.5, np.float32), alpha=0.4)
+    assert np.abs(half.astype(int) - plain_04.astype(int)).max() <= 1  # alpha scales with heat
+
+
 def test_overlay_on_a_real_photo(fundus_samples_dir) -> None:
     path = next(p for p in sorted(fundus_samples_dir.iterdir()) if p.suffix == ".jpeg")
     image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
