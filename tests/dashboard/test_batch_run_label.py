@@ -22,3 +22,12 @@ def test_running_run_label_and_stalled_note(tmp_path):
     assert "running, last photo stored 45 min ago" in run_label(stale)
     done = store.finish_run(run_id)
     assert stalled_note(done) is None and " - done - 1 files" in run_label(done)
+
+
+def test_probability_lines_round_the_stored_threshold():
+    from dashboard.components.batch_detail import _p_line
+
+    assert _p_line("P(referable DR)", 0.84, 0.4236214169893025) == \
+        "P(referable DR): **0.84** (threshold 0.424)"
+    assert _p_line("P", 0.5, None).endswith("(threshold not recorded)")
+    assert _p_line("P", None, 0.4) == "P: -"
