@@ -47,6 +47,21 @@ def p_referable(probs: Sequence[float]) -> float:
     return float(sum(probs[REFERABLE_MIN_GRADE:]))
 
 
+def decide_grade(probs: Sequence[float], thresholds: Sequence[float] | None = None) -> int:
+    """argmax; for an ordinal bundle, how many of its cut points E[grade] reaches.
+
+    Ordinal bundles carry 4 cut points on the probability-weighted grade, tuned on validation
+    for quadratic kappa; serving must decide the grade exactly as the reported kappa did.
+    """
+    if thresholds is None:
+        return max(range(len(probs)), key=lambda g: probs[g])
+    if len(thresholds) != len(probs) - 1 or list(thresholds) != sorted(thresholds):
+        raise ValueError(f"grade thresholds must be {len(probs) - 1} sorted cut points, "
+                         f"got {list(thresholds)}")
+    expected = sum(g * float(p) for g, p in enumerate(probs))
+    return sum(expected >= t for t in thresholds)
+
+
 def p_vision_threatening(probs: Sequence[float]) -> float:
     return float(sum(probs[VISION_THREATENING_MIN_GRADE:]))
 

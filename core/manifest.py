@@ -45,6 +45,7 @@ class CalibrationSpec:
     temperature: float = 1.0
     referable_threshold: float = 0.5  # on p(grade >= 2)
     vision_threatening_threshold: float = 0.5  # on p(grade >= 3)
+    grade_thresholds: tuple[float, ...] | None = None  # ordinal: 4 cut points on E[grade]
 
 
 @dataclass(frozen=True)

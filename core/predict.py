@@ -181,12 +181,13 @@ class Predictor:
                               latency_ms=_ms(start), **common)
         p_ref = grading.p_referable(probs)
         p_vt = grading.p_vision_threatening(probs)
+        grade = grading.decide_grade(probs, m.calibration.grade_thresholds)
         return Prediction(
-            grade=int(np.argmax(probs)), probs=tuple(float(p) for p in probs),
+            grade=grade, probs=tuple(float(p) for p in probs),
             p_referable=p_ref, p_vision_threatening=p_vt,
             referable=p_ref >= m.calibration.referable_threshold,
             vision_threatening=p_vt >= m.calibration.vision_threatening_threshold,
-            confidence=float(np.max(probs)), latency_ms=_ms(start), **common)
+            confidence=float(probs[grade]), latency_ms=_ms(start), **common)
 
 
 def _ms(start: float) -> float:

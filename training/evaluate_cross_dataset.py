@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from core.bundle import Bundle, load_bundle
 from core.errors import ConfigError, DRError
+from core.grading import decide_grade
 from core.predict import Predictor, PreparedImage
 from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE
 from training.config import DataConfig
@@ -142,7 +143,8 @@ def _predict_chunk(predictor: Predictor, records: list[LabelledImage],
     probs = predictor.probabilities(batch)  # every photo: the gate is applied afterwards
     return [{"id": r.id, "grade": r.grade, "gradable": p.quality.gradable,
              "quality": p.quality.level, "reasons": list(p.quality.reasons),
-             "predicted": int(np.argmax(pr)), "p_referable": float(pr[2:].sum()),
+             "predicted": decide_grade(pr, predictor.manifest.calibration.grade_thresholds),
+             "p_referable": float(pr[2:].sum()),
              "probs": [float(v) for v in pr]}
             for (r, p), pr in zip(prepared, probs, strict=True)]
 
@@ -151,7 +153,8 @@ def _metrics(y: np.ndarray, probs: np.ndarray, cal) -> dict[str, Any] | None:
     if y.size == 0:
         return None
     return evaluate(y, probs, referable_threshold=cal.referable_threshold,
-                    vision_threatening_threshold=cal.vision_threatening_threshold)
+                    vision_threatening_threshold=cal.vision_threatening_threshold,
+                    grade_thresholds=cal.grade_thresholds)
 
 
 def metric_value(metrics: dict[str, Any] | None, path: tuple[str, ...]) -> float | None:

@@ -33,15 +33,19 @@ def calibrate_and_evaluate(cfg: TrainConfig, logits: np.ndarray,
     ref_t = choose_referable_threshold(y, p_ref, min_sensitivity=cfg.optim.min_sensitivity)
     vt_t = choose_referable_threshold(y, p_vt, min_sensitivity=cfg.optim.min_sensitivity,
                                       min_grade=3)
-    metrics = evaluate(y, probs, referable_threshold=ref_t, vision_threatening_threshold=vt_t)
+    grade_t = None
+    if cfg.optim.ordinal:  # cut points on E[grade]; the bundle serves grades with them
+        grade_t = tuple(float(t) for t in tune_qwk_thresholds(expected_grade(probs), y))
+    metrics = evaluate(y, probs, referable_threshold=ref_t, vision_threatening_threshold=vt_t,
+                       grade_thresholds=grade_t)
     metrics["reliability"] = reliability_bins(y, probs)
     metrics["temperature"] = temperature
-    if cfg.optim.ordinal:
-        thresholds = tune_qwk_thresholds(expected_grade(probs), y)
-        metrics["ordinal_thresholds"] = [float(t) for t in thresholds]
+    if grade_t is not None:
+        metrics["ordinal_thresholds"] = list(grade_t)
     calibration = CalibrationSpec(temperature=float(temperature),
                                   referable_threshold=float(ref_t),
-                                  vision_threatening_threshold=float(vt_t))
+                                  vision_threatening_threshold=float(vt_t),
+                                  grade_thresholds=grade_t)
     return calibration, metrics
 
 

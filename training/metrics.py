@@ -171,17 +171,21 @@ def macro_auroc(y_true: Any, probs: Any) -> float | None:
 
 
 def evaluate(y_true: Any, probs: Any, *, referable_threshold: float | None = None,
-             vision_threatening_threshold: float | None = None) -> dict[str, Any]:
+             vision_threatening_threshold: float | None = None,
+             grade_thresholds: Sequence[float] | None = None) -> dict[str, Any]:
     """All validation metrics of a 5-grade classifier, JSON-ready (no NaN; None = undefined).
 
     Thresholds default to 0.5; trainers pass the ones chosen by `choose_referable_threshold`
-    so that the reported sensitivity/specificity is that of the bundle's operating point.
+    so that the reported sensitivity/specificity is that of the bundle's operating point, and
+    an ordinal bundle's `grade_thresholds` so that kappa is that of the served grades.
     """
     y = _labels(y_true)
     p = _probs(probs, len(y))
     if y.size == 0:
         raise ValueError("evaluate needs at least one labelled image")
-    pred = p.argmax(1)
+    # ordinal bundles grade by cut points on E[grade], exactly as core.grading.decide_grade
+    pred = p.argmax(1) if grade_thresholds is None else apply_thresholds(expected_grade(p),
+                                                                         grade_thresholds)
     cm = confusion_matrix(y, pred)
     counts = cm.sum(1)
     recall = [float(cm[c, c] / counts[c]) if counts[c] else None for c in range(N_GRADES)]

@@ -126,7 +126,7 @@ def result_ui(info: RunInfo, item: ImageItem, programme: str) -> None:
             _p_line("P(referable DR)", row.p_referable, cfg.get("referable_threshold")),
             _p_line("P(vision-threatening DR)", row.p_vision_threatening,
                     cfg.get("vision_threatening_threshold")),
-            f"Confidence (top-grade probability): **{row.confidence:.0%}**",
+            f"Confidence (probability of this grade): **{row.confidence:.0%}**",
             f"Photo quality: {row.quality_level}"
             + (f" ({', '.join(row.quality_reasons)})" if row.quality_reasons else ""),
             DME_NOT_ASSESSED]))

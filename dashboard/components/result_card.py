@@ -70,7 +70,7 @@ def grade_ui(prediction: Prediction) -> None:
         return
     g = prediction.grade
     st.markdown(f"#### Suggested grade: {GRADE_NAMES[g]} (ICDR {g})")
-    st.markdown(f"Confidence (top-grade probability): **{prediction.confidence:.0%}**  \n"
+    st.markdown(f"Confidence (probability of this grade): **{prediction.confidence:.0%}**  \n"
                 f"{DME_NOT_ASSESSED}")
     st.plotly_chart(probability_figure(prediction.probs, g), width="stretch",
                     config={"displayModeBar": False})

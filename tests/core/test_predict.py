@@ -107,3 +107,28 @@ def test_encoder_bundle_is_not_a_grader(tmp_path):
     bundle = make_tiny_bundle(tmp_path, "enc", outputs=("features",))
     with pytest.raises(BundleError, match="encoder"):
         _predictor(bundle)
+
+
+def test_ordinal_bundle_grades_by_its_cut_points(tmp_path):
+    """grade_thresholds in the manifest decide the grade from E[grade], not argmax."""
+    from core.bundle import load_bundle
+    from core.grading import decide_grade
+
+    plain = make_tiny_bundle(tmp_path, "plain")
+    cuts = (0.5, 1.5, 2.5, 3.5)
+    ordinal = make_tiny_bundle(tmp_path, "ordinal", calibration=CalibrationSpec(grade_thresholds=cuts))
+    assert load_bundle(ordinal.path).manifest.calibration.grade_thresholds == cuts  # round trip
+    always4 = make_tiny_bundle(tmp_path, "always4",
+                               calibration=CalibrationSpec(grade_thresholds=(-4, -3, -2, -1)))
+    photos = [fundus_like(s) for s in range(4)]
+    a = Predictor(plain, "cpu", cache=ModelCache()).predict_batch(photos)
+    b = Predictor(ordinal, "cpu", cache=ModelCache()).predict_batch(photos)
+    c = Predictor(always4, "cpu", cache=ModelCache()).predict_batch(photos)
+    for x, y, z in zip(a, b, c, strict=True):
+        assert x.probs == y.probs == z.probs  # same weights: only the decision differs
+        assert x.grade == int(np.argmax(x.probs))
+        expected = sum(g * p for g, p in enumerate(y.probs))
+        assert y.grade == sum(expected >= t for t in cuts) == decide_grade(y.probs, cuts)
+        assert z.grade == 4 and z.confidence == pytest.approx(z.probs[4])
+    with pytest.raises(ValueError, match="sorted cut points"):
+        decide_grade((0.2,) * 5, (1.0, 0.5, 2.0, 3.0))

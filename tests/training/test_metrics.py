@@ -194,3 +194,15 @@ def test_plots_write_pngs(tmp_path):
     history[2].pop("val_kappa")  # a missing value must not break the figure
     assert _png_ok(plots.training_curves_png(history, tmp_path / "curves.png"))
     assert _png_ok(plots.training_curves_png([], tmp_path / "empty.png"))
+
+
+def test_evaluate_scores_the_grades_an_ordinal_bundle_serves():
+    """With grade_thresholds, kappa and the confusion matrix use E[grade] and the cut points."""
+    probs = np.array([[0.45, 0.0, 0.0, 0.0, 0.55], [0.6, 0.4, 0, 0, 0], [0, 0, 0.5, 0.5, 0]])
+    y = [2, 0, 3]
+    plain = M.evaluate(y, probs)
+    ordinal = M.evaluate(y, probs, grade_thresholds=(0.5, 1.5, 2.5, 3.5))
+    assert np.argmax(probs, 1).tolist() == [4, 0, 2]
+    assert M.apply_thresholds(M.expected_grade(probs), (0.5, 1.5, 2.5, 3.5)).tolist() == [2, 0, 3]
+    assert ordinal["accuracy"] == 1.0 and plain["accuracy"] == pytest.approx(1 / 3)
+    assert np.trace(np.array(ordinal["confusion_matrix"])) == 3

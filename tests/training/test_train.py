@@ -120,3 +120,17 @@ def test_torchrun_two_processes_write_one_bundle(tmp_path, synthetic_aptos):
     assert proc.stdout.count("bundle written to") == 1
     Predictor(load_bundle(bundles[0].parent), "cpu", cache=ModelCache()).predict(
         _first_image(synthetic_aptos))
+
+
+def test_ordinal_run_ships_its_cut_points_and_serves_with_them(tmp_path, synthetic_aptos):
+    from core.grading import decide_grade
+
+    result = run(_cfg(tmp_path, synthetic_aptos, "baseline", "optim.epochs=2", "optim.ordinal=true",
+                      "optim.freeze_epochs=0"), progress=False)
+    cuts = load_bundle(result.bundle.path).manifest.calibration.grade_thresholds
+    assert cuts is not None and len(cuts) == 4 and list(cuts) == sorted(cuts)
+    assert list(cuts) == result.metrics["ordinal_thresholds"]
+    predictor = Predictor(load_bundle(result.bundle.path), "cpu", cache=ModelCache())
+    images = sorted((synthetic_aptos / "train_images").iterdir())[:6]
+    graded = [p for p in predictor.predict_batch(images) if p.gradable]
+    assert graded and all(p.grade == decide_grade(p.probs, cuts) for p in graded)
