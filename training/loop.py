@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from core.devices import resolve_device
+from core.errors import ConfigError
 from training.config import TrainConfig
 from training.data import CachedFundusDataset, EpochSampler, class_weights
 from training.distributed import DistInfo
@@ -31,6 +32,11 @@ from training.tiers import TierSetup
 
 MAX_BAD_STEPS = 10
 CRASH_ENV = "DR_TRAIN_CRASH_AT_STEP"  # fault injection for the resume test: SIGKILL at step N
+# What a resumed run may change: when to stop, and where the outputs go. Anything else (data,
+# model, learning rate...) would silently mix two experiments in one set of weights.
+RESUMABLE_CHANGES = frozenset({
+    "optim.epochs", "optim.patience", "data.num_workers", "device", "tensorboard", "wandb",
+    "bundle_dir", "bundle_name", "version"})
 
 
 @dataclass
@@ -111,7 +117,7 @@ class Trainer:
             return
         payload = {"model": self.setup.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "scaler": self.scaler.state_dict(), "loop": _state_dict(self.state),
-                   "torch_rng": torch.get_rng_state()}
+                   "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()}
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(payload, tmp)
         os.replace(tmp, self.checkpoint_path)  # atomic: a crash leaves the previous epoch's
@@ -120,6 +126,12 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             return False
         payload = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        changed = sorted(set(config_changes(payload.get("config"), self.cfg.to_dict()))
+                         - RESUMABLE_CHANGES)
+        if changed:
+            raise ConfigError(
+                f"{self.checkpoint_path} was written with other settings ({', '.join(changed)}). "
+                "Resume with the run's own config (its config.yaml), or start a new run_name.")
         self.setup.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
@@ -286,6 +298,21 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if not cfg.optim.amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def config_changes(old: dict | None, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ (a checkpoint without a config: nothing to compare)."""
+    if old is None:
+        return []
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def _maybe_crash(step: int) -> None:

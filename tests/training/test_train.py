@@ -104,6 +104,10 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path, synthetic
         (runs / "crashed" / "metrics.json").read_text())
     history = (runs / "crashed" / "history.csv").read_text().strip().splitlines()
     assert len(history) == 4  # header + 3 epochs, no duplicate rows after the resume
+    mixed = _cli("baseline", base + ["run_name=crashed", "optim.lr=0.05"], resume=True)
+    assert mixed.returncode == 2 and "other settings (optim.lr)" in mixed.stderr, mixed.stderr
+    longer = _cli("baseline", base + ["run_name=crashed", "optim.epochs=4"], resume=True)
+    assert longer.returncode == 0 and "resumed at epoch 4" in longer.stdout, longer.stderr[-2000:]
 
 
 def test_torchrun_two_processes_write_one_bundle(tmp_path, synthetic_aptos):
