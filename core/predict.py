@@ -169,8 +169,8 @@ class Predictor:
         return {"preprocessing": dataclasses.asdict(self.manifest.preprocessing),
                 "temperature": cal.temperature, "referable_threshold": cal.referable_threshold,
                 "vision_threatening_threshold": cal.vision_threatening_threshold,
-                "tta": self.tta, "device": str(self.device), "bundle_key": self.bundle.key,
-                "cpu_int8": self.int8}
+                "grade_thresholds": cal.grade_thresholds, "tta": self.tta,
+                "device": str(self.device), "bundle_key": self.bundle.key, "cpu_int8": self.int8}
 
     def _result(self, item: PreparedImage, probs: np.ndarray | None, start: float) -> Prediction:
         m = self.manifest

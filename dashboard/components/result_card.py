@@ -87,6 +87,8 @@ def settings_rows(prediction: Prediction) -> dict[str, str]:
         "Temperature": str(s.get("temperature")),
         "Referable threshold": str(s.get("referable_threshold")),
         "Vision-threatening threshold": str(s.get("vision_threatening_threshold")),
+        "Grade decided by": ("argmax" if not s.get("grade_thresholds") else
+                             f"cut points {s['grade_thresholds']} on the expected grade"),
         "Test-time augmentation": str(s.get("tta")), "Device": str(s.get("device")),
         "CPU int8 grading (DR_CPU_INT8)": str(s.get("cpu_int8", False)),
         "Latency (decode to result)": f"{prediction.latency_ms:.0f} ms",

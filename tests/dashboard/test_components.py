@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,11 @@ def test_settings_rows_record_model_and_thresholds():
     rows = settings_rows(_prediction(2, True, False))
     assert rows["Model"] == "m" and rows["Version"] == "1"
     assert rows["Referable threshold"] == "0.3" and '"input_size": 64' in rows["Preprocessing"]
+    assert rows["Grade decided by"] == "argmax"
+    ordinal = dataclasses.replace(_prediction(2, True, False), settings={
+        **_prediction(2, True, False).settings, "grade_thresholds": [0.5, 1.2, 2.8, 2.9]})
+    assert settings_rows(ordinal)["Grade decided by"] == \
+        "cut points [0.5, 1.2, 2.8, 2.9] on the expected grade"
 
 
 def test_signoff_validation():
