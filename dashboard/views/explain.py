@@ -32,7 +32,8 @@ if predictor is None:
     st.stop()
 photos = photo_inputs_ui(key="explain", multiple=False)
 methods_ok = explain_methods(predictor)
-# beside the bundle's method: the best at pointing at lesions (benchmarks/explain_quality.py)
+# beside the bundle's method: a class-specific map that points at lesions in 2 of 3 synthetic
+# referable photos or more (benchmarks/explain_quality.py); EigenCAM scored 0%
 second = "attention_rollout" if bundle.manifest.explanation.arch == "vit" else "hirescam"
 default = [m for m in (bundle.manifest.explanation.method, second) if m in methods_ok]
 c1, c2, c3 = st.columns([3, 2, 2])

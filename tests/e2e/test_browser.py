@@ -99,16 +99,19 @@ def test_grade_then_compare_in_chromium(tmp_path):
             str(photos[0]))
         page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=120_000)
         page.locator('[data-testid="stImage"]').nth(3).wait_for(timeout=120_000)
+        wait_idle(page)  # every tier's heatmap drawn
         shot(page, tmp_path, "compare")
 
         open_page(page, "Explain", "Explain a result")
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
             str(photos[0]))
         page.get_by_text("raw peak strength").nth(1).wait_for(timeout=120_000)
+        wait_idle(page)
         shot(page, tmp_path, "explain")
 
         open_page(page, "Models", "Installed models")
         page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        wait_idle(page)
         shot(page, tmp_path, "models")
         browser.close()
     assert (tmp_path / "grade.png").stat().st_size > 10_000
