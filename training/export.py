@@ -172,7 +172,9 @@ def write_sidecar(bundle: Bundle, onnx_path: Path, check: ParityCheck, opset: in
                               "normalise) before the graph; it is not part of the ONNX model.",
         "calibration": dataclasses.asdict(m.calibration),
         "decision_rule": "p_referable = sum(probs[2:]) >= referable_threshold; "
-                         "p_vision_threatening = sum(probs[3:]) >= vision_threatening_threshold",
+                         "p_vision_threatening = sum(probs[3:]) >= vision_threatening_threshold; "
+                         + ("grade = argmax(probs)" if m.calibration.grade_thresholds is None else
+                            "grade = number of grade_thresholds <= sum(g * probs[g])"),
         "parity": dataclasses.asdict(check) | {"tolerance": check.tolerance, "ok": check.ok},
         "notices": notices,
     }

@@ -36,7 +36,9 @@ def test_cnn_bundle_exports_with_dynamic_batch_and_sidecar(tmp_path):
     side = json.loads(result.sidecar_path.read_text())
     assert result.sidecar_path.name == "cnn.onnx.json"
     assert side["calibration"] == {"temperature": 1.7, "referable_threshold": 0.31,
-                                   "vision_threatening_threshold": 0.22}
+                                   "vision_threatening_threshold": 0.22,
+                                   "grade_thresholds": None}  # ordinal bundles: 4 cut points
+    assert side["decision_rule"].endswith("grade = argmax(probs)")
     assert side["preprocessing"]["input_size"] == 64
     assert side["onnx"]["input"]["shape"] == ["batch", 3, 64, 64]
     assert side["model"]["bundle_key"] == bundle.key and side["parity"]["ok"] is True
