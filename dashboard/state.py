@@ -37,6 +37,25 @@ def remembered(key: Hashable, compute: Callable[[], T]) -> T:
     return value
 
 
+def remembered_latest(key: Hashable, version: Hashable, compute: Callable[[], T]) -> T:
+    """One stored value per `key`, recomputed when `version` changes (e.g. a slider's value).
+
+    For large values that follow a continuous setting: keying by the setting itself would keep
+    one copy per position the user ever visited.
+    """
+    memo = _store()
+    held = memo.get(key)
+    if held is not None and held[0] == version:
+        memo.move_to_end(key)
+        return held[1]
+    value = compute()
+    memo[key] = (version, value)
+    memo.move_to_end(key)
+    while len(memo) > MAX_ENTRIES:
+        memo.popitem(last=False)
+    return value
+
+
 def compute_count() -> int:
     """How many results this session holds (tests use it to prove reruns do not recompute)."""
     return len(_store())
