@@ -11,7 +11,6 @@ Nothing is logged with file names or patient identifiers.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import sys
 import threading
@@ -33,6 +32,7 @@ from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, decode_mi
 from core.quality import QualityReport
 from core.safe_paths import DEFAULT_ZIP_LIMITS, ZipLimits, check_zip, is_inside, iter_zip
 from core.store import FileRow, ResultRow, Store
+from core.workers import worker_pool
 
 Progress = Callable[[int, int, float, float], None]  # done, total, photos/s, eta seconds
 THUMB_SIDE = 160
@@ -195,9 +195,7 @@ def _prepared_stream(tasks: Iterator[Task], workers: int, specs: tuple[Preproces
         _init_worker(specs, done)
         yield from map(prepare_task, tasks)
         return
-    method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods()
-                              else "spawn")
-    with mp.get_context(method).Pool(workers, _init_worker, (specs, done)) as pool:
+    with worker_pool(workers, _init_worker, (specs, done), start_method) as pool:
         pending: deque = deque()
         for task in tasks:
             pending.append(pool.apply_async(prepare_task, (task,)))

@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import hashlib
 import math
-import multiprocessing as mp
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from core.synthetic_lesions import (
     draw_vessels,
     make_geometry,
 )
+from core.workers import worker_pool
 
 NUISANCE_KINDS = ("blur", "dark", "colour_cast", "illumination", "dust", "eyelash",
                   "offcentre", "clipped")
@@ -345,9 +345,7 @@ def write_aptos_dataset(out_dir: str | Path, n: int, seed: int, *, size: int = 5
     tasks = [(str(out), hashlib.sha1(f"{seed}:{i}".encode()).hexdigest()[:12], int(grades[i]),
               _image_seed(seed, i), size, width, fmt, nuisance_rate) for i in range(n)]
     if workers > 1:
-        # fork where there is one: spawn re-imports __main__, which breaks `python -` and REPLs
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with mp.get_context(method).Pool(workers) as pool:
+        with worker_pool(workers) as pool:
             rows = pool.map(_aptos_one, tasks, chunksize=max(1, min(16, n // (4 * workers))))
     else:
         rows = [_aptos_one(t) for t in tasks]

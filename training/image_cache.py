@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from core.errors import DRError
 from core.images import decode_image
 from core.preprocessing import PreprocessSpec, decode_min_side, prepare_work, work_side
+from core.workers import worker_pool
 from training.datasets import LabelledImage
 
 CHUNK = 64  # rows per flush: bounds what an interruption can lose
@@ -103,7 +103,7 @@ def _pool(workers: int):
         import contextlib
 
         return contextlib.nullcontext(None)
-    return mp.get_context("spawn").Pool(workers)
+    return worker_pool(workers)
 
 
 def _open_memmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:
