@@ -7,7 +7,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -149,10 +150,13 @@ def test_running_runs_report_their_last_activity(tmp_path):
     info = store.run(run_id)
     newest = max(r[0] for r in store._conn().execute(
         "SELECT created_at FROM run_files WHERE run_id=?", (run_id,)))
-    assert info.last_activity == newest >= started.created_at
-    then = datetime.fromisoformat(newest)
+    assert info.last_activity >= newest >= started.created_at  # audit rows may be a ms later
+    assert datetime.fromisoformat(info.last_activity) <= datetime.now(timezone.utc)
+    then = datetime.fromisoformat(info.last_activity)
     assert info.idle_minutes(then + timedelta(minutes=30)) == pytest.approx(30)
     done = store.finish_run(run_id)
     assert done.last_activity is None and done.idle_minutes() is None
+    time.sleep(0.005)  # timestamps are in ms: make the resumption's strictly later
     store.reopen_run(run_id)  # a resumption counts as activity
-    assert store.run(run_id).last_activity > newest
+    resumed = store.run(run_id).last_activity
+    assert resumed > max(newest, done.finished_at), (resumed, newest, done.finished_at)
