@@ -101,9 +101,9 @@ def _rss_mb(_: int) -> float:
 
 
 def _prepare(path: str) -> str:
-    from core.screening import Task, prepare_task
+    from core.screening import Task, _worker_task
 
-    return prepare_task(Task(Path(path).name, path=path)).content_hash
+    return _worker_task(Task(Path(path).name, path=path)).content_hash
 
 
 def main() -> None:
@@ -156,11 +156,11 @@ def main() -> None:
 
 
 def _prep_rate(paths: list[str], bundle, workers: int) -> tuple[float, float]:
-    from core.screening import _init_worker
+    from core.screening import PrepJob, _init_worker
 
     spec = bundle.manifest.preprocessing
     ctx = mp.get_context("forkserver")
-    with ctx.Pool(workers, _init_worker, ((spec,), frozenset())) as pool:
+    with ctx.Pool(workers, _init_worker, (PrepJob((spec,)),)) as pool:
         pool.map(_noop, range(workers))
         start = time.perf_counter()
         pool.map(_prepare, paths, chunksize=4)

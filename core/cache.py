@@ -1,5 +1,8 @@
 """One thread-safe, memory-bounded cache of loaded models, shared by every browser session.
 
+The cache is the one owner of loaded models: Predictors look their model up here on every use
+and hold none, so its memory bound is the process's, and an evicted model is really freed.
+
 Keyed by bundle identity (name, version, weights hash) and device. LoRA bundles over the same
 base share one loaded "host" (the base encoder with LoRA layers installed); each adapter is a
 few MB of tensors copied into the host under the host's lock before use, so three adapters over
@@ -66,8 +69,10 @@ class ModelCache:
     def get(self, bundle: Bundle, device: str = "auto") -> LoadedModel:
         dev = resolve_device(device)
         if bundle.manifest.tier != "lora":
-            module = self._get_or_load(("model", bundle.key, str(dev)),
-                                       lambda: _to_device(build_bundle_model(bundle), dev))
+            cnn_on_gpu = dev.type == "cuda" and bundle.manifest.explanation.arch == "cnn"
+            module = self._get_or_load(
+                ("model", bundle.key, str(dev)),
+                lambda: _to_device(build_bundle_model(bundle), dev, channels_last=cnn_on_gpu))
             return LoadedModel(bundle, module, dev)
         from core.lora_bundle import adapter_structure, base_of, build_lora_host, read_adapter_state
 
@@ -140,8 +145,9 @@ class ModelCache:
                 total -= self._entries.pop(old)[1]
 
 
-def _to_device(module: nn.Module, device: torch.device) -> nn.Module:
-    return module.to(device).eval()
+def _to_device(module: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
+    module = module.to(device).eval()
+    return module.to(memory_format=torch.channels_last) if channels_last else module
 
 
 _DEFAULT: ModelCache | None = None

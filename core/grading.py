@@ -1,11 +1,25 @@
-"""ICDR grades, composite results, worst-eye rules and follow-up guidance, as data.
+"""ICDR grades, composite results, worst-eye rules, follow-up guidance, and THE decision.
 
-Everything here follows ../shared/CLINICAL.md; nothing is derived from probabilities except the
-composite probabilities themselves (p_referable = P(grade >= 2), p_vtdr = P(grade >= 3)).
+Everything here follows ../shared/CLINICAL.md. `decide()` is the only place that turns
+calibrated probabilities into a result; every page, the screener, the exports and the training
+metrics call it, so one photo can never get a grade on the card and a contradicting flag or
+guideline elsewhere.
+
+The rule of `decide()` (issue 12): the flags are decided first, at the bundle's operating
+thresholds (chosen on validation for sensitivity), because they are what a screening programme
+acts on: vision-threatening if P(grade >= 3) reaches its threshold, referable if P(grade >= 2)
+reaches its threshold or the photo is vision-threatening. The flags then fix the band the grade
+must lie in (vtDR: 3-4; referable: 2; neither: 0-1; while no bundle has a DME output, referable
+is exactly grade >= 2 and vtDR exactly grade >= 3). Inside that band an argmax bundle takes the
+most probable grade; an ordinal bundle (cut points on the expected grade, tuned for kappa) takes
+its cut-point grade moved to the nearest grade of the band, so where the two rules agree nothing
+changes. Urgency and guideline text are then functions of that one grade, so they cannot
+contradict it. A result is flagged for human review when it is fragile (see `decide`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -68,8 +82,8 @@ def p_vision_threatening(probs: Sequence[float]) -> float:
 
 def urgency_of(grade: int | None, *, gradable: bool, referable: bool | None = None,
                vision_threatening: bool | None = None) -> Urgency:
-    """Urgency of one field. The model's thresholded flags win over the grade when given,
-    because the referable decision uses the bundle's operating point, not argmax alone."""
+    """Urgency of one field. The flags win over the grade when given; results of `decide()`
+    always agree with their grade, so this only matters for hand-made rows."""
     if not gradable or grade is None:
         return Urgency.UNGRADABLE
     vt = vision_threatening if vision_threatening is not None else (
@@ -150,3 +164,138 @@ def follow_up(grade: int | None, programme: str = PROGRAMMES[0], *, gradable: bo
         return Guidance(programme, GRADE_NAMES[grade], _US_ACTIONS[grade])
     r_grade = _UK_R_GRADE[grade]
     return Guidance(programme, r_grade, _UK_ACTIONS[r_grade], _UK_CAVEAT)
+
+
+# ---------------------------------------------------------------- the decision
+
+REVIEW_MARGIN = 0.05  # |p - operating threshold| below this: the flag could flip on a re-take
+REVIEW_CONFIDENCE = 0.6  # probability of the decided grade below this: a person should look
+NEAR_CHANCE_AUROC = 0.7  # referable AUROC on the bundle's own validation data
+NEAR_CHANCE_KAPPA = 0.2  # quadratic-weighted kappa on the bundle's own validation data
+NOT_FUNDUS_HEADLINE = "Not a fundus photograph - check the upload"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A bundle's operating point: what `decide()` needs besides the probabilities."""
+
+    referable: float = 0.5  # on P(grade >= 2)
+    vision_threatening: float = 0.5  # on P(grade >= 3)
+    grade_cuts: tuple[float, ...] | None = None  # ordinal bundles: 4 cut points on E[grade]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One photo's result. Invariants (tested): vtDR implies referable; referable iff
+    grade >= 2; vtDR iff grade >= 3; urgency and guidance follow the grade; no grade, no flags
+    when ungradable."""
+
+    grade: int | None
+    referable: bool | None
+    vision_threatening: bool | None
+    urgency: Urgency
+    confidence: float | None  # probability of the decided grade
+    review_reasons: tuple[str, ...] = ()
+    not_fundus: bool = False
+
+    @property
+    def gradable(self) -> bool:
+        return self.grade is not None
+
+    @property
+    def review(self) -> bool:
+        return bool(self.review_reasons)
+
+    @property
+    def headline(self) -> str:
+        if self.not_fundus:
+            return NOT_FUNDUS_HEADLINE
+        return HEADLINES[self.urgency]
+
+    def guidance(self, programme: str = PROGRAMMES[0]) -> Guidance:
+        return follow_up(self.grade, programme, gradable=self.gradable)
+
+
+HEADLINES = {
+    Urgency.VISION_THREATENING: "Vision-threatening DR suggested - review and refer urgently",
+    Urgency.REFERABLE: "Referable DR suggested - review for referral",
+    Urgency.UNGRADABLE: "Ungradable - re-image or refer",
+    Urgency.MILD: "Not referable (mild NPDR suggested)",
+    Urgency.NONE: "Not referable (no DR suggested)",
+}
+
+
+def ungradable(*, not_fundus: bool = False) -> Decision:
+    """The result of a photo that failed the quality gate (or is not a fundus at all)."""
+    return Decision(None, None, None, Urgency.UNGRADABLE, None, (), not_fundus)
+
+
+def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
+           quality_level: str = "good", near_chance: bool = False,
+           margin: float = REVIEW_MARGIN, min_confidence: float = REVIEW_CONFIDENCE) -> Decision:
+    """The one decision for a gradable photo (rule in the module docstring).
+
+    Review reasons: a probability within `margin` of an operating threshold, the decided grade's
+    probability below `min_confidence`, a "usable" (not "good") photo, a bundle near chance on
+    its own validation data. Tier disagreement is added where several bundles are compared.
+    """
+    p = [float(x) for x in probs]
+    if len(p) != len(GRADE_NAMES) or not all(math.isfinite(x) and x >= 0 for x in p):
+        raise ValueError(f"decide() needs {len(GRADE_NAMES)} finite probabilities, got {p}")
+    if quality_level == "reject":
+        raise ValueError("A rejected photo has no decision from probabilities; use ungradable()")
+    p_ref, p_vt = p_referable(p), p_vision_threatening(p)
+    vt = p_vt >= thresholds.vision_threatening
+    ref = vt or p_ref >= thresholds.referable
+    band = (range(VISION_THREATENING_MIN_GRADE, len(p)) if vt else
+            range(REFERABLE_MIN_GRADE, VISION_THREATENING_MIN_GRADE) if ref else
+            range(0, REFERABLE_MIN_GRADE))
+    if thresholds.grade_cuts is None:
+        grade = max(band, key=lambda g: (p[g], -g))
+    else:
+        grade = min(max(decide_grade(p, thresholds.grade_cuts), band[0]), band[-1])
+    reasons = []
+    if abs(p_ref - thresholds.referable) < margin:
+        reasons.append(f"p(referable) {p_ref:.2f} is within {margin:.2f} of its threshold "
+                       f"{thresholds.referable:.2f}")
+    if abs(p_vt - thresholds.vision_threatening) < margin:
+        reasons.append(f"p(vision-threatening) {p_vt:.2f} is within {margin:.2f} of its "
+                       f"threshold {thresholds.vision_threatening:.2f}")
+    if p[grade] < min_confidence:
+        reasons.append(f"low confidence in the grade ({p[grade]:.2f} < {min_confidence:.2f})")
+    if quality_level == "usable":
+        reasons.append("photo quality only usable (some quality problems)")
+    if near_chance:
+        reasons.append("model near chance on its own validation data")
+    urgency = urgency_of(grade, gradable=True)
+    return Decision(grade, ref, vt, urgency, p[grade], tuple(reasons))
+
+
+def headline_figures(evaluation: dict) -> tuple[float | None, float | None]:
+    """(referable AUROC, quadratic kappa) a bundle is judged by: its own recipe's cross-
+    validation on photos used for neither training nor calibration when it carries one
+    (training.crossval), else its validation figures."""
+    results = (evaluation.get("cross_validation") or {}).get("results") or {}
+    own = next(iter(results.values()), None)
+    if isinstance(own, dict):
+        return ((own.get("referable_auroc") or {}).get("value"),
+                (own.get("kappa_quadratic") or {}).get("value"))
+    return (evaluation.get("referable") or {}).get("auroc"), evaluation.get("kappa_quadratic")
+
+
+def near_chance(evaluation: dict) -> bool:
+    """True when a bundle's own validation metrics are missing or barely above chance: its
+    answers must not reassure anyone, nor count towards an agreement between tiers."""
+    auroc, kappa = headline_figures(evaluation)
+    if auroc is None and kappa is None:
+        return True
+    return ((auroc is not None and auroc < NEAR_CHANCE_AUROC)
+            or (kappa is not None and kappa < NEAR_CHANCE_KAPPA))
+
+
+def worklist_rank(urgency: Urgency, review: bool) -> float:
+    """Sort key (higher first): a routine result that needs review sorts above routine ones,
+    below ungradable."""
+    if review and urgency < Urgency.UNGRADABLE:
+        return Urgency.MILD + 0.5
+    return float(urgency)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from core.errors import ConfigError
-from core.grading import Urgency, eye_urgency, patient_urgency
+from core.grading import REVIEW_CONFIDENCE, Urgency, eye_urgency, patient_urgency, worklist_rank
 from core.store import FileRow, ResultRow
 
-REVIEW_CONFIDENCE = 0.6  # below this top-class probability a person should look
+LOW_CONFIDENCE = "low confidence"  # prefix of core.grading.decide's reason as well
 EYES = ("right", "left", "unknown")
 _EYE_CODES = {"od": "right", "r": "right", "right": "right", "re": "right",
               "os": "left", "l": "left", "left": "left", "le": "left"}
@@ -148,7 +148,9 @@ class Worklist:
 
 def image_item(file: FileRow, rows: Sequence[ResultRow], models: Sequence[str],
                review_below: float = REVIEW_CONFIDENCE) -> ImageItem:
-    """Urgency from the primary bundle; review when it is unsure or bundles disagree."""
+    """Urgency and review reasons from the primary bundle's decision (core.grading.decide);
+    the user's confidence cut-off replaces the decision's default one; review also when
+    bundles disagree."""
     by_key = {r.bundle_key: r for r in rows}
     ordered = [by_key[k] for k in models if k in by_key] + [
         r for r in rows if r.bundle_key not in models]
@@ -158,8 +160,12 @@ def image_item(file: FileRow, rows: Sequence[ResultRow], models: Sequence[str],
         urgency = Urgency.UNGRADABLE
     else:
         urgency = Urgency(primary.urgency)
-        if primary.confidence is not None and primary.confidence < review_below:
-            reasons.append(f"low confidence ({primary.confidence:.2f} < {review_below:.2f})")
+        reasons += primary.review_reasons  # decided with the grade (core.grading.decide)
+        if review_below != REVIEW_CONFIDENCE:  # a caller's own cut-off replaces the default
+            reasons = [r for r in reasons if not r.startswith(LOW_CONFIDENCE)]
+            if primary.confidence is not None and primary.confidence < review_below:
+                reasons.append(f"{LOW_CONFIDENCE} in the grade ({primary.confidence:.2f} < "
+                               f"{review_below:.2f})")
     referable = {r.referable for r in ordered if r.grade is not None}
     if len(referable) > 1:
         reasons.append("models disagree on referable")
@@ -175,7 +181,7 @@ def build_worklist(files: Sequence[FileRow], results: Sequence[ResultRow],
         by_hash[r.content_hash].append(r)
     images = [image_item(f, by_hash.get(f.content_hash, []) if f.error is None else [], models,
                          review_below) for f in files]
-    images.sort(key=lambda i: (-i.urgency, -i.sort_p, i.file.file))
+    images.sort(key=lambda i: (-worklist_rank(i.urgency, i.review), -i.sort_p, i.file.file))
     eyes = aggregate_eyes(images)
     return Worklist(tuple(images), tuple(eyes), tuple(aggregate_patients(eyes)))
 
@@ -213,8 +219,9 @@ def aggregate_patients(eyes: Sequence[EyeOutcome]) -> list[PatientOutcome]:
             max(grades, default=None), max(ps, default=None), tuple(items),
             any(e.review for e in items),
             sum(i.file.error is not None for e in items for i in e.images)))
-    patients.sort(key=lambda p: (-p.urgency, -(p.p_referable if p.p_referable is not None
-                                                else -1.0), p.patient))
+    patients.sort(key=lambda p: (-worklist_rank(p.urgency, p.review),
+                                 -(p.p_referable if p.p_referable is not None else -1.0),
+                                 p.patient))
     return patients
 
 

@@ -1,13 +1,12 @@
 """Predictor: a bundle in, typed predictions out, for one photo or a batch.
 
 Quality is assessed before the model runs: a rejected photo gets no grade (ungradable is a
-result in its own right). Probabilities are temperature-calibrated, and the referable and
-vision-threatening decisions use the bundle's operating thresholds, not argmax.
+result in its own right). Probabilities are temperature-calibrated; grade, flags, urgency and
+review reasons come from one call of core.grading.decide (operating thresholds first).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from core.images import decode_image
 from core.lora_bundle import HOST_PREFIX
 from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, decode_min_side, preprocess
 from core.quality import QualityReport, assess
+from core.records import PredictionSettings
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,28 @@ class Prediction:
     version: str
     latency_ms: float
     field: FieldFit | None = None
-    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # preprocessing + thresholds used
+    settings: PredictionSettings | None = None  # preprocessing + thresholds used (typed)
 
     @property
     def gradable(self) -> bool:
         return self.grade is not None
 
+    decision: grading.Decision | None = None  # the one call grade/flags/urgency came from
+
     @property
     def urgency(self) -> grading.Urgency:
+        if self.decision is not None:
+            return self.decision.urgency
         return grading.urgency_of(self.grade, gradable=self.gradable, referable=self.referable,
                                   vision_threatening=self.vision_threatening)
+
+    @property
+    def review_reasons(self) -> tuple[str, ...]:
+        return self.decision.review_reasons if self.decision is not None else ()
+
+    @property
+    def not_fundus(self) -> bool:
+        return self.decision is not None and self.decision.not_fundus
 
 
 @dataclass(frozen=True)
@@ -91,16 +103,32 @@ class Predictor:
         self.manifest = bundle.manifest
         self.tta = tta
         self.max_batch = max(1, max_batch)
-        cache = cache or default_cache()
-        self.loaded: LoadedModel = cache.get(bundle, device)
-        self.device = self.loaded.device
+        self.cache = cache or default_cache()
+        first = self.cache.get(bundle, device)  # load now: a broken bundle fails here
+        self.device = first.device
+        self.n_params = int(sum(p.numel() for p in first.module.parameters()))
         if cpu_int8 is None:
             cpu_int8 = os.environ.get("DR_CPU_INT8", "") == "1"
         # int8 only where it pays and stays exact to swap: ViT tiers on the CPU, not LoRA hosts
         self.int8 = cpu_int8 and self.device.type == "cpu" and self.manifest.tier == "retfound"
-        self.grader: LoadedModel = cache.get_int8(bundle) if self.int8 else self.loaded
-        if self.device.type == "cuda" and self.manifest.explanation.arch == "cnn":
-            self.loaded.module.to(memory_format=torch.channels_last)
+        if self.int8:
+            self.cache.get_int8(bundle)
+        cal = self.manifest.calibration
+        self.thresholds = grading.Thresholds(cal.referable_threshold,
+                                             cal.vision_threatening_threshold, cal.grade_thresholds)
+        self.near_chance = grading.near_chance(self.manifest.evaluation)
+
+    # -- models: looked up in the cache on every use, never held (the cache owns them) -----------
+    @property
+    def loaded(self) -> LoadedModel:
+        """The fp32 model. Not kept on the Predictor: pages keep Predictors for days, and a
+        held model is one the cache's memory bound can neither count nor free."""
+        return self.cache.get(self.bundle, str(self.device))
+
+    @property
+    def grader(self) -> LoadedModel:
+        """The model grades come from: the int8 copy where enabled, else the fp32 model."""
+        return self.cache.get_int8(self.bundle) if self.int8 else self.loaded
 
     # -- inputs -------------------------------------------------------------------------------
     def prepare(self, source: Any) -> PreparedImage:
@@ -163,31 +191,33 @@ class Predictor:
             return explain(model, prepared.pre.tensor.unsqueeze(0), method=method or spec.method,
                            target=target, layer=layer, arch=spec.arch)[0]
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> PredictionSettings:
         """What each result records: preprocessing and thresholds in force."""
         cal = self.manifest.calibration
-        return {"preprocessing": dataclasses.asdict(self.manifest.preprocessing),
-                "temperature": cal.temperature, "referable_threshold": cal.referable_threshold,
-                "vision_threatening_threshold": cal.vision_threatening_threshold,
-                "grade_thresholds": cal.grade_thresholds, "tta": self.tta,
-                "device": str(self.device), "bundle_key": self.bundle.key, "cpu_int8": self.int8}
+        cuts = None if cal.grade_thresholds is None else tuple(cal.grade_thresholds)
+        return PredictionSettings(
+            preprocessing=self.manifest.preprocessing, temperature=cal.temperature,
+            referable_threshold=cal.referable_threshold,
+            vision_threatening_threshold=cal.vision_threatening_threshold,
+            grade_thresholds=cuts, tta=self.tta, device=str(self.device),
+            bundle_key=self.bundle.key, cpu_int8=self.int8)
 
     def _result(self, item: PreparedImage, probs: np.ndarray | None, start: float) -> Prediction:
         m = self.manifest
         common = dict(quality=item.quality, model=m.name, version=m.version, field=item.pre.field,
                       settings=self.settings())
         if probs is None:
-            return Prediction(None, None, None, None, None, None, None,
-                              latency_ms=_ms(start), **common)
-        p_ref = grading.p_referable(probs)
-        p_vt = grading.p_vision_threatening(probs)
-        grade = grading.decide_grade(probs, m.calibration.grade_thresholds)
+            return Prediction(None, None, None, None, None, None, None, latency_ms=_ms(start),
+                              decision=grading.ungradable(not_fundus=item.quality.not_fundus),
+                              **common)
+        d = grading.decide(probs, self.thresholds, quality_level=item.quality.level,
+                           near_chance=self.near_chance)
         return Prediction(
-            grade=grade, probs=tuple(float(p) for p in probs),
-            p_referable=p_ref, p_vision_threatening=p_vt,
-            referable=p_ref >= m.calibration.referable_threshold,
-            vision_threatening=p_vt >= m.calibration.vision_threatening_threshold,
-            confidence=float(probs[grade]), latency_ms=_ms(start), **common)
+            grade=d.grade, probs=tuple(float(p) for p in probs),
+            p_referable=grading.p_referable(probs),
+            p_vision_threatening=grading.p_vision_threatening(probs),
+            referable=d.referable, vision_threatening=d.vision_threatening,
+            confidence=d.confidence, latency_ms=_ms(start), decision=d, **common)
 
 
 def _ms(start: float) -> float:

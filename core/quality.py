@@ -44,8 +44,10 @@ class QualityThresholds:
     # independent share of fine detail. Gradable samples 0.04-0.16; a Gaussian blur of 1% of the
     # field diameter gives 0.007-0.029 (29 of 30 photos rejected); the two blurry EyeQ "reject"
     # photos 0.015 and 0.016; core.synthetic's strong_blur ~0.01.
+    # EyeQ (82 EyePACS photos at 512 px, ../shared/realdata): every EyeQ "good" photo >= 0.067;
+    # hazy EyeQ "reject" photos 0.052-0.058 were passing as good at 0.045, hence 0.06.
     focus_reject: float = 0.028
-    focus_usable: float = 0.045
+    focus_usable: float = 0.06
     # Exposure, on luma inside the field. Well-exposed photos have a mean of 90-160; the dimmest
     # EyeQ "good" one is 102. x0.2 exposure gives means of 10-26.
     dark_mean_reject: float = 30.0
@@ -67,6 +69,9 @@ class QualityThresholds:
     min_red_green: float = 1.0
     max_blue_share: float = 0.36
     min_chroma: float = 0.08
+    # Washed out: a fundus with so little colour has lost the red-on-orange contrast of
+    # haemorrhages. EyeQ "good" photos >= 0.31; EyeQ "reject" 75_right 0.12.
+    chroma_usable: float = 0.2
     # Two moderate problems together (e.g. dark AND soft) hide microaneurysms: reject.
     max_moderate_issues: int = 1
     # Metrics are computed on the field crop resampled to exactly this side: size-normalised.
@@ -87,6 +92,12 @@ class QualityReport:
     @property
     def gradable(self) -> bool:
         return self.level != "reject"
+
+    @property
+    def not_fundus(self) -> bool:
+        """Rejected because it is not a fundus photograph at all (a wrong upload), as opposed
+        to a fundus photo too poor to grade."""
+        return NOT_FUNDUS in self.reasons
 
 
 def assess(
@@ -211,6 +222,7 @@ def _problems(m: dict[str, float], t: QualityThresholds) -> tuple[list[str], lis
     )
     con = m["contrast"]
     check(con < t.contrast_usable, con < t.contrast_reject, "low contrast", "reduced contrast")
+    check(m["chroma"] < t.chroma_usable, False, "", "washed out (little colour)")
     return severe, moderate
 
 

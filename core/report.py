@@ -30,7 +30,8 @@ HeatmapFn = Callable[[ImageItem], "np.ndarray | bytes | None"]  # RGB overlay or
 
 IMAGE_COLUMNS = ("file", "patient", "eye", "field", "grade", "grade_name", "p_referable",
                  "referable", "p_vtdr", "vtdr", "confidence", "quality", "quality_reasons",
-                 "urgency", "review", "review_reasons", "duplicate_of", "model", "version",
+                 "urgency", "follow_up", "review", "review_reasons", "duplicate_of", "model",
+                 "version",
                  "referable_threshold", "vtdr_threshold", "other_models", "error")
 PATIENT_COLUMNS = ("patient", "urgency", "worst_grade", "p_referable", "right_eye", "left_eye",
                    "other_eyes", "photos", "review", "file_errors", "follow_up", "model",
@@ -117,7 +118,8 @@ def _image_rows(wl: Worklist, info: RunInfo) -> list[dict[str, Any]]:
             "p_vtdr": r and r.p_vision_threatening, "vtdr": r and r.vtdr,
             "confidence": r and r.confidence, "quality": r and r.quality_level,
             "quality_reasons": "; ".join(r.quality_reasons) if r else "",
-            "urgency": item.urgency.label, "review": item.review,
+            "urgency": item.urgency.label, "follow_up": _row_guidance(item),
+            "review": item.review,
             "review_reasons": "; ".join(item.review_reasons), "duplicate_of": f.duplicate_of,
             "model": r and r.model, "version": r and r.version,
             "referable_threshold": cfg.get("referable_threshold"),
@@ -142,6 +144,13 @@ def _patient_rows(wl: Worklist) -> list[dict[str, Any]]:
             "file_errors": p.n_errors, "follow_up": _guidance(p).action,
             "model": primary and primary.model, "version": primary and primary.version})
     return rows
+
+
+def _row_guidance(item: ImageItem, programme: str = PROGRAMMES[0]) -> str:
+    """The stored grade's guideline text (the grade came from core.grading.decide)."""
+    r = item.primary
+    gradable = item.urgency != Urgency.UNGRADABLE and r is not None and r.grade is not None
+    return follow_up(r.grade if gradable else None, programme, gradable=gradable).action
 
 
 def _guidance(p: PatientOutcome, programme: str = PROGRAMMES[0]):
@@ -226,11 +235,13 @@ def _run_pages(pdf: _Pdf, info: RunInfo, wl: Worklist) -> None:
     pdf.para(f"Started {info.created_at}; status {info.status}; {info.n_files} files, "
              f"{info.n_errors} unreadable.")
     for key, cfg in _model_settings(info).items():
+        cuts = cfg.get("grade_thresholds")
         pdf.para(f"Model {cfg.get('name', key)} {cfg.get('version', '')} ({cfg.get('tier', '')}"
                  f"{', DEMO' if cfg.get('demo') else ''}): referable threshold "
-                 f"{cfg.get('referable_threshold')}, vtDR threshold "
-                 f"{cfg.get('vision_threatening_threshold')}, input "
-                 f"{cfg.get('preprocessing', {}).get('input_size')} px.")
+                 f"{_fmt(cfg.get('referable_threshold'))}, vtDR threshold "
+                 f"{_fmt(cfg.get('vision_threatening_threshold'))}, "
+                 + (f"grade cut points {', '.join(_fmt(c) for c in cuts)}, " if cuts else "")
+                 + f"input {cfg.get('preprocessing', {}).get('input_size')} px.")
     pdf.ln(2)
     pdf.heading("Summary (patients per urgency)", 11)
     pdf.grid(("result", "count"), list(wl.counts().items()), (120, 40))
@@ -279,7 +290,10 @@ def _image_block(pdf: _Pdf, store: Store, item: ImageItem, heatmap: HeatmapFn | 
     elif r is not None:
         grade = GRADE_NAMES[r.grade] if r.grade is not None else "ungradable"
         lines += [f"Grade: {grade}; p(referable) {_fmt(r.p_referable, 2)}; "
-                  f"confidence {_fmt(r.confidence, 2)}",
+                  f"probability of this grade {_fmt(r.confidence, 2)}",
+                  f"Referable: {_fmt(r.referable) or 'not graded'}; vision-threatening: "
+                  f"{_fmt(r.vtdr) or 'not graded'}",
+                  f"Follow-up: {_row_guidance(item)}",
                   f"Quality: {r.quality_level}"
                   + (f" ({'; '.join(r.quality_reasons)})" if r.quality_reasons else ""),
                   f"Model: {r.model} {r.version}"]

@@ -30,6 +30,7 @@ from core.patients import compile_pattern, parse_identity
 from core.predict import Predictor, PreparedImage, prepare_image
 from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, decode_min_side
 from core.quality import QualityReport
+from core.records import UPLOAD_SOURCE_SUFFIX, RunKind
 from core.safe_paths import DEFAULT_ZIP_LIMITS, ZipLimits, check_zip, is_inside, iter_zip
 from core.store import FileRow, ResultRow, Store
 from core.workers import worker_pool
@@ -138,21 +139,41 @@ def _zip_part(src: Any, label: str, limits: ZipLimits) -> tuple[int, Callable[[]
 
 # ---------------------------------------------------------------- worker side
 
-_W: dict[str, Any] = {}
+
+@dataclass(frozen=True)
+class PrepJob:
+    """What one run's preparation needs besides the file: passed per call, never held in a
+    module global, so two runs in one process (the dashboard) cannot see each other's."""
+
+    specs: tuple[PreprocessSpec, ...]
+    done: frozenset[str] = frozenset()
 
 
-def _init_worker(specs: tuple[PreprocessSpec, ...], done: frozenset[str]) -> None:
-    """Per worker process: one thread each (the pool is the parallelism)."""
+_WORKER_JOB: PrepJob | None = None  # set only inside a pool worker, which serves one run
+
+
+def _init_worker(job: PrepJob) -> None:
+    """Per worker process (never the caller's): one thread each, the pool is the parallelism."""
     import cv2
     import torch
 
+    global _WORKER_JOB
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    _W.update(specs=specs, done=done)
+    _WORKER_JOB = job
 
 
-def prepare_task(task: Task) -> Prepared:
-    """Read, hash, decode once per decode size, preprocess per spec, assess quality, thumbnail."""
+def _worker_task(task: Task) -> Prepared:
+    if _WORKER_JOB is None:
+        raise RuntimeError("_worker_task runs only in a pool started with _init_worker")
+    return prepare_task(task, _WORKER_JOB)
+
+
+def prepare_task(task: Task, job: PrepJob) -> Prepared:
+    """Read, hash, decode once per decode size, preprocess per spec, assess quality, thumbnail.
+
+    Touches no process-wide setting: safe to call on the server's own threads.
+    """
     label = PurePath(task.name).name  # messages name the file, never its folders
     if task.error:
         return Prepared(task.name, "", error=task.error)
@@ -161,13 +182,13 @@ def prepare_task(task: Task) -> Prepared:
     except ImageDecodeError as exc:
         return Prepared(task.name, "", error=str(exc))
     digest = image_fingerprint(data)
-    if digest in _W["done"]:
+    if digest in job.done:
         return Prepared(task.name, digest, done=True)
     try:
         first: dict[int, PreparedImage] = {}  # per decode size: field + quality found once
         per_spec = []
         thumb = None
-        for spec in _W["specs"]:
+        for spec in job.specs:
             side = decode_min_side(spec)  # same decode as the Grade page and training
             earlier = first.get(side)
             rgb = earlier.rgb if earlier else decode_image(data, min_side=side, name=label)
@@ -188,17 +209,17 @@ def _thumbnail(rgb: np.ndarray) -> bytes:
     return buf.tobytes() if ok else b""
 
 
-def _prepared_stream(tasks: Iterator[Task], workers: int, specs: tuple[PreprocessSpec, ...],
-                     done: frozenset[str], start_method: str | None) -> Iterator[Prepared]:
+def _prepared_stream(tasks: Iterator[Task], workers: int, job: PrepJob,
+                     start_method: str | None) -> Iterator[Prepared]:
     """In order; at most a few tasks in flight per worker so memory stays bounded."""
     if workers <= 0:
-        _init_worker(specs, done)
-        yield from map(prepare_task, tasks)
+        for task in tasks:
+            yield prepare_task(task, job)
         return
-    with worker_pool(workers, _init_worker, (specs, done), start_method) as pool:
+    with worker_pool(workers, _init_worker, (job,), start_method) as pool:
         pending: deque = deque()
         for task in tasks:
-            pending.append(pool.apply_async(prepare_task, (task,)))
+            pending.append(pool.apply_async(_worker_task, (task,)))
             if len(pending) >= 4 * workers:
                 yield pending.popleft().get()
         while pending:
@@ -236,7 +257,7 @@ def screen(sources: Any, bundles: Sequence[Bundle], store: Store, *, run_id: int
     meter = _Meter(progress, total, len(seen))
     status = "interrupted"
     try:
-        for item in _prepared_stream(todo, n_workers, specs, done, start_method):
+        for item in _prepared_stream(todo, n_workers, PrepJob(specs, done), start_method):
             batcher.add(item, first_of)
             meter.tick()
             if stop_event is not None and stop_event.is_set():
@@ -257,20 +278,25 @@ def _open_run(store: Store, run_id: int | None, sources: Any, keys: list[str],
             store.finish_run(run_id, info.status if info.status != "running" else "interrupted")
             raise ConfigError(f"Run {run_id} was screened with {list(info.models)}; resume it "
                               "with the same models, or start a new run.")
-        return run_id, pattern if pattern is not None else info.settings.get("pattern")
-    settings = {"pattern": pattern, "batch_size": batch_size,
-                "models": {p.bundle.key: {**p.settings(), "name": p.manifest.name,
+        return run_id, pattern if pattern is not None else info.run_settings.pattern
+    settings = {"kind": _kind(sources).value, "pattern": pattern, "batch_size": batch_size,
+                "models": {p.bundle.key: {**p.settings().to_json(), "name": p.manifest.name,
                                            "version": p.manifest.version,
                                            "demo": p.manifest.demo, "tier": p.manifest.tier}
                            for p in predictors}}
     return store.create_run(_describe(sources), keys, settings), pattern
 
 
+def _kind(sources: Any) -> RunKind:
+    """A folder or zip on the server can be read again later; uploads and lists cannot."""
+    return RunKind.FOLDER if isinstance(sources, str | os.PathLike) else RunKind.UPLOAD
+
+
 def _describe(sources: Any) -> str:
     if isinstance(sources, str | os.PathLike):
         return str(sources)
     items = list(sources) if not isinstance(sources, bytes) else []
-    return f"{len(items)} uploaded or listed item(s)"
+    return f"{len(items)} {UPLOAD_SOURCE_SUFFIX}"
 
 
 class _Batcher:
@@ -334,7 +360,7 @@ def _row(f: FileRow, p: Any, key: str) -> ResultRow:
         f.run_id, f.file, f.content_hash, f.patient, f.eye, f.field_index, p.model, p.version,
         key, p.grade, p.probs, p.p_referable, p.p_vision_threatening, p.referable,
         p.vision_threatening, p.confidence, p.quality.level, tuple(p.quality.reasons),
-        int(p.urgency))
+        int(p.urgency), review_reasons=tuple(p.review_reasons))
 
 
 class _Meter:

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.records import RunKind, RunSettings
 
 DEFAULT_DB = Path(__file__).resolve().parents[1] / "data" / "screening.db"
 BUSY_TIMEOUT_MS = 60_000
+MAX_CONNECTIONS = 4  # per Store: a server runs for days, on a new thread for every rerun
 RUN_STATUSES = ("running", "done", "interrupted")
 DECISIONS = ("accept", "override")
 
@@ -58,6 +60,15 @@ class RunInfo:
     n_results: int
     n_errors: int
     last_activity: str | None = None  # running runs: when the newest photo was stored
+
+    @property
+    def run_settings(self) -> RunSettings:
+        """`settings` typed (kind, pattern, per-bundle settings); what the pages should read."""
+        return RunSettings.from_json(self.settings, self.source)
+
+    @property
+    def kind(self) -> RunKind:
+        return self.run_settings.kind
 
     def idle_minutes(self, now: datetime | None = None) -> float | None:
         """Minutes since a running run last stored a photo; a stopped process stays 'running'."""
@@ -106,6 +117,7 @@ class ResultRow:
     urgency: int  # core.grading.Urgency value
     error: str | None = None
     created_at: str = ""
+    review_reasons: tuple[str, ...] = ()  # core.grading.Decision.review_reasons
 
 
 @dataclass(frozen=True)
@@ -180,6 +192,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         *(_APPEND_ONLY.format(t=t, op=op.lower(), OP=op)
           for t in ("audit", "signoffs") for op in ("UPDATE", "DELETE")),
     ),
+    (  # 2: why a result needs human review (issue 12), decided with the grade
+        "ALTER TABLE results ADD COLUMN review_reasons TEXT NOT NULL DEFAULT '[]'",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -188,50 +203,101 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class Store:
-    """The screening database. One connection per thread; safe across processes."""
+    """The screening database; safe across threads and processes.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    Connections come from a small pool (at most MAX_CONNECTIONS, however many threads use the
+    Store): a thread borrows one per call and gives it back, so Streamlit's thread per rerun
+    leaves nothing open behind it. A thread that already holds one (a call inside a call)
+    reuses it. Reads take no write lock.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_connections: int = MAX_CONNECTIONS) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._held = threading.local()  # the connection this thread is using, while it is
+        self._idle: list[sqlite3.Connection] = []
+        self._open = 0
+        self._max = max(1, max_connections)
+        self._free = threading.Condition()
         self._migrate()
 
     # -- connections ----------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
         return conn
+
+    @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a connection for one call (re-entrant within a thread)."""
+        conn = getattr(self._held, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self._free:
+            while not self._idle and self._open >= self._max:
+                self._free.wait()
+            if self._idle:
+                conn = self._idle.pop()
+            else:
+                self._open += 1
+        if conn is None:
+            try:
+                conn = self._connect()
+            except BaseException:
+                with self._free:
+                    self._open -= 1
+                    self._free.notify()
+                raise
+        self._held.conn = conn
+        try:
+            yield conn
+        finally:
+            self._held.conn = None
+            if conn.in_transaction:  # never hand on a connection inside a transaction
+                conn.execute("ROLLBACK")
+            with self._free:
+                self._idle.append(conn)
+                self._free.notify()
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run one read (no transaction, no write lock) and fetch every row."""
+        with self._use() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def _row(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with self._use() as conn:
+            return conn.execute(sql, args).fetchone()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction; IMMEDIATE takes the write lock up front (no deadlock)."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._use() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def open_connections(self) -> int:
+        """How many connections this Store has open (bounded by max_connections)."""
+        with self._free:
+            return self._open
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
+        """Close the idle connections (a later call opens new ones as needed)."""
+        with self._free:
+            for conn in self._idle:
                 conn.close()
-            self._all.clear()
-        self._local = threading.local()
+            self._open -= len(self._idle)
+            self._idle.clear()
 
     def __enter__(self) -> Store:
         return self
@@ -240,6 +306,9 @@ class Store:
         self.close()
 
     def _migrate(self) -> None:
+        """Takes the write lock only when there is something to migrate (or to refuse)."""
+        if self.schema_version() == SCHEMA_VERSION:
+            return
         with self._write() as conn:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
             if current > SCHEMA_VERSION:
@@ -252,7 +321,7 @@ class Store:
                 conn.execute(f"PRAGMA user_version={version + 1}")
 
     def schema_version(self) -> int:
-        return int(self._conn().execute("PRAGMA user_version").fetchone()[0])
+        return int(self._row("PRAGMA user_version")[0])
 
     # -- runs -----------------------------------------------------------------------------
     def create_run(self, source: str, models: Sequence[str], settings: dict[str, Any]) -> int:
@@ -297,26 +366,27 @@ class Store:
         return int(n_files), int(n_results), int(n_errors)
 
     def run(self, run_id: int) -> RunInfo:
-        row = self._conn().execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        row = self._row("SELECT * FROM runs WHERE id=?", (run_id,))
         if row is None:
             raise ConfigError(f"There is no screening run {run_id} in {self.path}. "
                               "List the runs (Store.list_runs) and pick an existing id.")
         return self._run_info(row)
 
     def list_runs(self) -> list[RunInfo]:
-        rows = self._conn().execute("SELECT * FROM runs ORDER BY id DESC").fetchall()
-        return [self._run_info(r) for r in rows]
+        with self._use():  # one connection for the list and each running run's counts
+            return [self._run_info(r) for r in self._rows("SELECT * FROM runs ORDER BY id DESC")]
 
     def _run_info(self, row: sqlite3.Row) -> RunInfo:
         counts = (row["n_files"], row["n_results"], row["n_errors"])
         last = None
         if row["status"] == "running":  # live counts while it runs
-            conn = self._conn()
-            counts = self._counts(conn, row["id"])
-            last = conn.execute(  # newest stored photo, or the run's start / resumption
-                "SELECT MAX(t) FROM (SELECT MAX(created_at) AS t FROM run_files WHERE run_id=?1 "
-                "UNION ALL SELECT MAX(created_at) FROM audit WHERE run_id=?1 UNION ALL "
-                "SELECT created_at FROM runs WHERE id=?1)", (row["id"],)).fetchone()[0]
+            with self._use() as conn:
+                counts = self._counts(conn, row["id"])
+                last = conn.execute(  # newest stored photo, or the run's start / resumption
+                    "SELECT MAX(t) FROM (SELECT MAX(created_at) AS t FROM run_files WHERE "
+                    "run_id=?1 UNION ALL SELECT MAX(created_at) FROM audit WHERE run_id=?1 "
+                    "UNION ALL SELECT created_at FROM runs WHERE id=?1)",
+                    (row["id"],)).fetchone()[0]
         return RunInfo(row["id"], row["created_at"], row["finished_at"], row["source"],
                        tuple(json.loads(row["models"])), json.loads(row["settings"]),
                        row["status"], *counts, last_activity=last)
@@ -346,31 +416,28 @@ class Store:
             conn.executemany("INSERT OR IGNORE INTO thumbnails VALUES (?, ?)", thumbs.items())
 
     def thumbnail(self, content_hash: str) -> bytes | None:
-        row = self._conn().execute("SELECT jpeg FROM thumbnails WHERE content_hash=?",
-                                   (content_hash,)).fetchone()
+        row = self._row("SELECT jpeg FROM thumbnails WHERE content_hash=?", (content_hash,))
         return None if row is None else bytes(row[0])
 
     def done_hashes(self, run_id: int, bundle_key: str) -> set[str]:
-        rows = self._conn().execute("SELECT content_hash FROM results WHERE run_id=? AND "
-                                    "bundle_key=?", (run_id, bundle_key))
+        rows = self._rows("SELECT content_hash FROM results WHERE run_id=? AND bundle_key=?",
+                          (run_id, bundle_key))
         return {r[0] for r in rows}
 
     def seen_files(self, run_id: int) -> dict[str, str]:
         """file -> content hash of every file a run has already recorded."""
-        rows = self._conn().execute("SELECT file, content_hash FROM run_files WHERE run_id=?",
-                                    (run_id,))
+        rows = self._rows("SELECT file, content_hash FROM run_files WHERE run_id=?", (run_id,))
         return {r[0]: r[1] for r in rows}
 
     def files_for_run(self, run_id: int) -> list[FileRow]:
-        rows = self._conn().execute(
+        rows = self._rows(
             "SELECT run_id, file, content_hash, patient, eye, field_index, duplicate_of, error "
-            "FROM run_files WHERE run_id=? ORDER BY file", (run_id,)).fetchall()
+            "FROM run_files WHERE run_id=? ORDER BY file", (run_id,))
         return [FileRow(*r) for r in rows]
 
     def results_for_run(self, run_id: int) -> list[ResultRow]:
-        rows = self._conn().execute(
-            f"SELECT {', '.join(_RESULT_COLS)} FROM results WHERE run_id=? ORDER BY id",
-            (run_id,)).fetchall()
+        rows = self._rows(
+            f"SELECT {', '.join(_RESULT_COLS)} FROM results WHERE run_id=? ORDER BY id", (run_id,))
         return [_result_from_row(r) for r in rows]
 
     def worklist(self, run_id: int, *, review_below: float | None = None) -> Any:
@@ -415,7 +482,7 @@ class Store:
             sql, args = sql + " AND image_hash=?", [*args, image_hash]
         if run_id is not None:
             sql, args = sql + " AND run_id=?", [*args, run_id]
-        rows = self._conn().execute(sql + " ORDER BY id", args).fetchall()
+        rows = self._rows(sql + " ORDER BY id", args)
         names = [f.name for f in fields(SignOff)]
         return [SignOff(**{n: r[n] for n in names}) for r in rows]
 
@@ -436,7 +503,7 @@ class Store:
         sql, args = "SELECT * FROM audit", ()
         if run_id is not None:
             sql, args = sql + " WHERE run_id=?", (run_id,)
-        rows = self._conn().execute(sql + " ORDER BY id", args).fetchall()
+        rows = self._rows(sql + " ORDER BY id", args)
         return [AuditEntry(r["id"], r["created_at"], r["event"], r["run_id"],
                            json.loads(r["details"])) for r in rows]
 
@@ -448,7 +515,7 @@ def _result_params(r: ResultRow, now: str) -> tuple:
     values = []
     for name in _RESULT_COLS:
         v = getattr(r, name)
-        if name in ("probs", "quality_reasons"):
+        if name in ("probs", "quality_reasons", "review_reasons"):
             v = None if v is None else json.dumps(list(v))
         elif name in ("referable", "vtdr") and v is not None:
             v = int(bool(v))
@@ -462,6 +529,7 @@ def _result_from_row(row: sqlite3.Row) -> ResultRow:
     data = {n: row[n] for n in _RESULT_COLS}
     data["probs"] = None if data["probs"] is None else tuple(json.loads(data["probs"]))
     data["quality_reasons"] = tuple(json.loads(data["quality_reasons"] or "[]"))
+    data["review_reasons"] = tuple(json.loads(data["review_reasons"] or "[]"))
     for flag in ("referable", "vtdr"):
         data[flag] = None if data[flag] is None else bool(data[flag])
     return ResultRow(**data)

@@ -24,3 +24,9 @@ HEATMAP_CAPTION = (
 RESULT_RECORD_NOTICE = (
     "Each result records the model name, version, preprocessing and thresholds used."
 )
+
+
+def real_data_notice(training_data: str) -> str:
+    """What a card and every page say of a bundle trained on real photos (not a demo)."""
+    return (f"Trained on {training_data.split(':')[0]}. Research use only; not validated on "
+            "your camera or population.")

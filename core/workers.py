@@ -5,6 +5,11 @@ spawn and forkserver children import the parent's `__main__` before they run a t
 after Streamlit's AppTest it is a deleted temporary file, so every worker dies at start and
 `multiprocessing.Pool` replaces it forever (CI hung for an hour on exactly this). Our task
 functions live in importable modules, so workers here start with a bare `__main__` instead.
+
+Under `python -m pkg.mod` the real `__main__` is kept: the child imports `pkg.mod` as
+`__mp_main__` (what multiprocessing always does there, and safe: such a module is importable
+and guards its entry point), so the functions and classes it defines still pickle. Swapping it
+too broke `python -m core.screening` (PicklingError on `__main__._init_worker`).
 """
 
 from __future__ import annotations
@@ -29,15 +34,25 @@ def default_start_method() -> str:
 
 @contextmanager
 def bare_main() -> Iterator[None]:
-    """While a child starts, `__main__` has no file and no spec, so the child imports nothing."""
+    """While a child starts, a script's `__main__` is swapped for an empty module (no file, no
+    spec), so the child runs no script. A `python -m` main is left alone (see module doc)."""
     with _MAIN_SWAP:
         real = sys.modules.get("__main__")
+        if _is_module_run(real):
+            yield
+            return
         sys.modules["__main__"] = types.ModuleType("__main__")
         try:
             yield
         finally:
             if real is not None:
                 sys.modules["__main__"] = real
+
+
+def _is_module_run(main: types.ModuleType | None) -> bool:
+    """`python -m pkg.mod`: an importable name, never a page script or AppTest's temp file."""
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    return bool(name) and name != "__main__"
 
 
 class _BareMainStart:

@@ -29,7 +29,12 @@ class DataConfig:
     label_column: str | None = None
     patient_column: str | None = None
     image_suffix: str | None = None
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # selection split: chooses the epoch
+    # > 0: a separate calibration split (temperature, operating thresholds, cut points), so the
+    # figures of the selection split are not tuned on; 0: calibrate on the selection split
+    calibration_fraction: float = 0.0
+    cv_folds: int = 5
+    cv_fold: int | None = None  # hold out this patient-disjoint fold as the test set (CV runs)
     cache_dir: str = "data/cache"
     cache_size: int | None = None  # side of cached crops; default 1.15 x input_size
     num_workers: int = 2
@@ -83,7 +88,10 @@ class OptimConfig:
     ordinal: bool = False  # regression + QWK-tuned thresholds
     amp: bool = True
     compile: bool = False
-    patience: int = 5  # early stopping on validation quadratic kappa
+    patience: int = 5  # early stopping on the selection metric
+    # what chooses the best epoch on the selection split; referable AUROC is steadier than
+    # kappa on a few dozen real photos and is the screening decision itself
+    select_metric: Literal["kappa_quadratic", "referable_auroc"] = "kappa_quadratic"
     min_sensitivity: float = 0.9  # operating point for the referable threshold
 
 
@@ -119,6 +127,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"Cannot read config {path}: {exc}") from exc
+    if is_guide_layout(data):  # the model-architecture guide's YAML: see training.guide_config
+        data = guide_to_train_dict(data, source=str(path))
     for key, value in defaults.items():
         if value is not None:
             _assign(data, key, value)
@@ -142,3 +152,6 @@ def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"Cannot set {dotted!r}: {part!r} is not a section")
     node[leaf] = list(value) if isinstance(value, tuple) else value
+
+
+from training.guide_config import Config, guide_to_train_dict, is_guide_layout  # noqa: E402,F401

@@ -132,3 +132,54 @@ def split_by_patient(records: list[LabelledImage], val_fraction: float,
     train = [r for r in records if r.patient not in val_patients]
     val = [r for r in records if r.patient in val_patients]
     return train, val
+
+
+def assign_folds(records: list[LabelledImage], folds: int, seed: int) -> dict[str, int]:
+    """Patient -> fold in 0..folds-1, stratified on each patient's worst grade.
+
+    Both eyes of a patient share a fold, so no test fold ever holds the fellow eye of a
+    training photo (fellow eyes look alike and would inflate every figure).
+    """
+    if folds < 2:
+        raise ConfigError(f"cv_folds must be >= 2, got {folds}")
+    worst: dict[str, int] = defaultdict(int)
+    for r in records:
+        worst[r.patient] = max(worst[r.patient], r.grade)
+    strata: dict[int, list[str]] = defaultdict(list)
+    for patient in sorted(worst):
+        strata[worst[patient]].append(patient)
+    rng = np.random.default_rng([seed, folds, 11])
+    assignment: dict[str, int] = {}
+    offset = 0
+    for grade in sorted(strata):
+        patients = strata[grade]
+        rng.shuffle(patients)
+        for i, patient in enumerate(patients):
+            assignment[patient] = (offset + i) % folds
+        offset += len(patients)  # the next stratum starts where this one stopped
+    return assignment
+
+
+def split_cv_fold(records: list[LabelledImage], folds: int, fold: int,
+                  seed: int) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """(rest, test): the patients of fold `fold` are the test set."""
+    if not 0 <= fold < folds:
+        raise ConfigError(f"cv_fold must be in 0..{folds - 1}, got {fold}")
+    assignment = assign_folds(records, folds, seed)
+    rest = [r for r in records if assignment[r.patient] != fold]
+    test = [r for r in records if assignment[r.patient] == fold]
+    return rest, test
+
+
+def three_way_split(records: list[LabelledImage], val_fraction: float,
+                    calibration_fraction: float, seed: int) -> tuple[list[LabelledImage], ...]:
+    """(train, selection, calibration), patient-disjoint; calibration is the selection split
+    itself when calibration_fraction is 0 (the behaviour of runs before the split existed)."""
+    train, val = split_by_patient(records, val_fraction, seed)
+    if not calibration_fraction:
+        return train, val, val
+    if not 0 < calibration_fraction < 1 - val_fraction:
+        raise ConfigError(f"calibration_fraction must be in (0, {1 - val_fraction:.2f}), got "
+                          f"{calibration_fraction}")
+    train, calib = split_by_patient(train, calibration_fraction / (1 - val_fraction), seed + 1)
+    return train, val, calib

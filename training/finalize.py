@@ -10,7 +10,12 @@ import numpy as np
 
 from core.bundle import Bundle
 from core.manifest import CalibrationSpec, Manifest, Provenance, WeightsSpec
-from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE, RETFOUND_LICENSE_NOTICE
+from core.wording import (
+    DEMO_NOTICE,
+    RESEARCH_USE_NOTICE,
+    RETFOUND_LICENSE_NOTICE,
+    real_data_notice,
+)
 from training.calibration import apply_temperature, fit_temperature
 from training.config import TrainConfig
 from training.metrics import (
@@ -69,10 +74,9 @@ def write_bundle(cfg: TrainConfig, setup: TierSetup, run_dir: Path, calibration:
 
 
 def model_card(manifest: Manifest, metrics: dict, data_summary: dict) -> str:
-    ref, vt = metrics["referable"], metrics["vision_threatening"]
     lines = [
         f"# {manifest.name} (version {manifest.version})", "",
-        f"**{DEMO_NOTICE}**" if manifest.demo else "", "",
+        f"**{DEMO_NOTICE}**" if manifest.demo else f"**{real_data_notice(manifest.provenance.training_data)}**", "",
         f"- Tier: `{manifest.tier}`; architecture `{manifest.architecture.builder}` "
         f"{json.dumps(manifest.architecture.kwargs, sort_keys=True)}",
         f"- Base bundle: `{manifest.base_bundle}`" if manifest.base_bundle else "",
@@ -81,34 +85,74 @@ def model_card(manifest: Manifest, metrics: dict, data_summary: dict) -> str:
         f"{'on' if manifest.preprocessing.crop_to_field else 'off'}, Ben Graham "
         f"{'on' if manifest.preprocessing.ben_graham else 'off'}",
         f"- Created {manifest.created}, commit `{manifest.git_commit}`", "",
-        f"## Validation ({metrics['n']} images, best epoch)", "",
-        "| metric | value |", "|---|---|",
-        f"| quadratic-weighted kappa | {_f(metrics['kappa_quadratic'])} |",
-        f"| Cohen's kappa (unweighted) | {_f(metrics['kappa'])} |",
-        f"| accuracy | {_f(metrics['accuracy'])} |",
-        f"| macro AUROC | {_f(metrics['macro_auroc'])} |",
-        f"| referable sensitivity / specificity (threshold {_f(ref['threshold'])}) | "
-        f"{_f(ref['sensitivity'])} / {_f(ref['specificity'])} |",
-        f"| referable AUROC | {_f(ref['auroc'])} |",
-        f"| vision-threatening sensitivity / specificity | {_f(vt['sensitivity'])} / "
-        f"{_f(vt['specificity'])} |",
-        f"| ECE after temperature scaling (T={metrics['temperature']:.3f}) | {_f(metrics['ece'])} |",
-        "", "Validation figures come from the same distribution as training; they are not "
-        "evidence of performance on your camera or population.", "",
+        *metrics_table(metrics), "",
         RETFOUND_LICENSE_NOTICE if manifest.license else "", "", RESEARCH_USE_NOTICE, "",
     ]
     return "\n".join(line for line in lines if line is not None)
+
+
+# (label, path into training.metrics.evaluate's dict, is it a threshold-dependent figure)
+CARD_ROWS = (
+    ("quadratic-weighted kappa", ("kappa_quadratic",)),
+    ("Cohen's kappa (unweighted)", ("kappa",)),
+    ("accuracy", ("accuracy",)),
+    ("macro AUROC", ("macro_auroc",)),
+    ("referable AUROC", ("referable", "auroc")),
+    ("referable sensitivity", ("referable", "sensitivity")),
+    ("referable specificity", ("referable", "specificity")),
+    ("vision-threatening sensitivity", ("vision_threatening", "sensitivity")),
+    ("vision-threatening specificity", ("vision_threatening", "specificity")),
+    ("ECE after temperature scaling", ("ece",)),
+)
+
+
+def metrics_table(metrics: dict) -> list[str]:
+    """One column per split the figures come from, each named, with its photo count."""
+    columns = [(metrics.get("split", "selection"), metrics)]
+    columns += [(name, metrics[name]) for name in ("selection", "test")
+                if isinstance(metrics.get(name), dict)]
+    head = " | ".join(f"{name} ({col['n']} photos)" for name, col in columns)
+    lines = ["## Metrics of the best epoch, by split", "",
+             f"| metric | {head} |", "|---|" + "---|" * len(columns)]
+    for label, path in CARD_ROWS:
+        lines.append(f"| {label} | " + " | ".join(_f(_get(col, path)) for _, col in columns)
+                     + " |")
+    ref, vt = metrics["referable"], metrics["vision_threatening"]
+    lines += ["", f"Operating thresholds (fitted on the {columns[0][0]} split): referable "
+              f"{ref['threshold']:.3f}, vision-threatening {vt['threshold']:.3f}; temperature "
+              f"{metrics['temperature']:.3f}.", ""]
+    notes = metrics.get("split_notes", {})
+    lines += [f"- {name}: {notes[name]}" for name, _ in columns if name in notes]
+    lines += ["", "Every split comes from the training data's own source; none is evidence of "
+              "performance on your camera or population."]
+    return lines
+
+
+def _get(metrics: dict, path: tuple[str, ...]):
+    node = metrics
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
 
 
 def _f(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+DATA_SOURCES = {
+    "synthetic": "synthetic fundus images (core.synthetic)",
+    "eyepacs": "EyePACS photos (Kaggle Diabetic Retinopathy Detection 2015, for non-commercial "
+               "research and education under Kaggle's competition terms)",
+    "aptos": "APTOS-2019 photos", "messidor2": "Messidor-2 photos", "idrid": "IDRiD photos",
+}
+
+
 def _data_line(cfg: TrainConfig, summary: dict) -> str:
-    kind = "synthetic fundus images (core.synthetic)" if cfg.data.preset == "synthetic" else \
-        f"preset {cfg.data.preset}"
-    return (f"{kind}: {summary.get('csv')}, {summary.get('used')} images used "
-            f"({summary.get('train')} train / {summary.get('val')} validation, split by patient)")
+    kind = DATA_SOURCES.get(cfg.data.preset, f"preset {cfg.data.preset}")
+    parts = [f"{summary.get('train')} train", f"{summary.get('val')} selection"]
+    parts += [f"{summary[k]} {k}" for k in ("calibration", "test") if summary.get(k)]
+    return (f"{summary.get('used')} {kind}: {' / '.join(parts)}, split by patient; "
+            f"labels {summary.get('csv')}")
 
 
 def _argv() -> list[str]:

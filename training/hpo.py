@@ -3,6 +3,12 @@
     python -m training.hpo --config training/configs/lora.yaml --trials 20 \
         [--set key=value ...] [--storage sqlite:///hpo.db] [--study NAME] [--search lr,dropout]
 
+The model-architecture guide's command line works too: `--checkpoint-path PATH --data-csv CSV
+--data-img-dir DIR --n-trials N [--wandb]` are shorthands for `--set model.checkpoint_path=PATH
+--set data.csv=CSV --set data.images=DIR --trials N [--set wandb=true]` (an explicit --set of
+the same key wins). For the LoRA tier a RETFound .pth is imported once into the study folder
+(<study>/retfound-base, an encoder bundle beside best_bundle/), since LoRA trains over a bundle.
+
 Search space (the seed's ranges): lr log-uniform [1e-5, 1e-3] ([1e-5, 3e-3] for the baseline
 CNN, which tolerates larger steps), batch size {8, 16, 32}, dropout [0, 0.5], and for the LoRA
 tier only lora_r {4, 8, 16, 32} and lora_alpha {8, 16, 32, 64}. "dropout" is the regulariser
@@ -48,6 +54,7 @@ from training.datasets import load_records, split_by_patient
 from training.distributed import DistInfo
 from training.finalize import calibrate_and_evaluate, load_best, write_bundle
 from training.image_cache import build_cache
+from training.import_retfound import import_retfound
 from training.loop import Trainer, make_loaders
 from training.run import CONFIG_DIR, ensure_synthetic_data
 from training.tiers import build_setup
@@ -190,6 +197,7 @@ def run_study(config: str | Path | None, overrides: Sequence[str] = (), *, trial
     study_name = study_name or f"hpo-{base.run_name}"
     study_dir = Path(base.out_dir) / study_name
     study_dir.mkdir(parents=True, exist_ok=True)
+    overrides = [*overrides, *_lora_base_from_pth(base, study_dir)]
     study = optuna.create_study(
         study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=base.seed),
@@ -222,6 +230,32 @@ def run_study(config: str | Path | None, overrides: Sequence[str] = (), *, trial
                                           encoding="utf-8")
     (study_dir / "results.csv").write_text(results_csv(study, names), encoding="utf-8")
     return StudyResult(study, study_dir, table, _export_best(study, base, study_dir))
+
+
+def _lora_base_from_pth(cfg: TrainConfig, study_dir: Path) -> list[str]:
+    """LoRA over a RETFound .pth: import it once as <study>/retfound-base and train over that."""
+    ckpt = cfg.model.checkpoint_path
+    if cfg.model.tier != "lora" or not ckpt or not Path(ckpt).is_file():
+        return []
+    folder = study_dir / "retfound-base"
+    if not (folder / "manifest.json").is_file():
+        print(f"importing {ckpt} as the LoRA base bundle {folder}", flush=True)
+        import_retfound(ckpt, folder, global_pool=cfg.model.global_pool,
+                        img_size=cfg.preprocessing.input_size)
+    return [f"model.checkpoint_path={json.dumps(str(folder))}"]
+
+
+def guide_overrides(args: argparse.Namespace) -> list[str]:
+    """The guide's HPO flags as --set strings (JSON-quoted, so any path stays a string)."""
+    out = []
+    for attr, key in (("checkpoint_path", "model.checkpoint_path"), ("data_csv", "data.csv"),
+                      ("data_img_dir", "data.images")):
+        value = getattr(args, attr)
+        if value is not None:
+            out.append(f"{key}={json.dumps(value)}")
+    if args.wandb:
+        out.append("wandb=true")
+    return out
 
 
 def _pruning_hook(trial: Any) -> OnEpoch:
@@ -324,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.hpo",
                                      description="Optuna search over a training config.")
     parser.add_argument("--config", default=str(CONFIG_DIR / "lora.yaml"))
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", "--n-trials", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every trial (repeatable)")
     parser.add_argument("--storage", default=None, help="e.g. sqlite:///hpo.db (resumable)")
@@ -333,10 +367,17 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(ALL_PARAMS)}")
     parser.add_argument("--timeout", type=float, default=None, help="stop after N seconds")
     parser.add_argument("--no-progress", action="store_true")
+    guide = parser.add_argument_group("the model-architecture guide's flags")
+    guide.add_argument("--checkpoint-path", "--checkpoint_path", dest="checkpoint_path",
+                       help="RETFound .pth or bundle folder (= --set model.checkpoint_path=...)")
+    guide.add_argument("--data-csv", help="labels CSV (= --set data.csv=...)")
+    guide.add_argument("--data-img-dir", help="image folder (= --set data.images=...)")
+    guide.add_argument("--wandb", action="store_true", help="log to W&B (= --set wandb=true)")
     args = parser.parse_args(argv)
     try:
-        result = run_study(args.config, args.set, trials=args.trials, study_name=args.study,
-                           storage=args.storage, progress=not args.no_progress,
+        result = run_study(args.config, [*guide_overrides(args), *args.set], trials=args.trials,
+                           study_name=args.study, storage=args.storage,
+                           progress=not args.no_progress,
                            search=args.search.split(",") if args.search else None,
                            timeout=args.timeout)
     except DRError as exc:

@@ -148,8 +148,10 @@ class Trainer:
             logits = self.predict_logits(self.loaders.val)
             probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
             metrics = evaluate(self.loaders.val_grades, probs)
-            score = float(metrics["kappa_quadratic"] or 0.0)
-            row = {"epoch": epoch, "train_loss": train_loss, "val_kappa_quadratic": score,
+            score = selection_score(metrics, cfg.optim.select_metric)
+            row = {"epoch": epoch, "train_loss": train_loss,
+                   "val_kappa_quadratic": float(metrics["kappa_quadratic"] or 0.0),
+                   "val_selection_score": score,
                    "val_accuracy": metrics["accuracy"], "val_macro_auroc": metrics["macro_auroc"],
                    "val_referable_auroc": metrics["referable"]["auroc"],
                    "lr": self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0]["lr_scale"]}
@@ -159,7 +161,8 @@ class Trainer:
             self.state.epoch = epoch + 1
             self.save_checkpoint()
             if self.state.bad_epochs >= cfg.optim.patience:
-                self.logger.note(f"early stopping after epoch {epoch}: no kappa gain for "
+                self.logger.note(f"early stopping after epoch {epoch}: no "
+                                 f"{cfg.optim.select_metric} gain for "
                                  f"{cfg.optim.patience} epochs")
                 break
         self.logger.close()
@@ -267,6 +270,12 @@ class Trainer:
         if self.cnn and self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def selection_score(metrics: dict, name: str) -> float:
+    """The number early stopping maximises (0 where undefined, e.g. one class present)."""
+    value = metrics["referable"]["auroc"] if name == "referable_auroc" else metrics[name]
+    return float(value or 0.0)
 
 
 def _scheduled_lr(cfg: TrainConfig, base_lr: float, state: LoopState, steps_per_epoch: int) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from core.grading import REFERABLE_MIN_GRADE, VISION_THREATENING_MIN_GRADE
+from core.grading import REFERABLE_MIN_GRADE, VISION_THREATENING_MIN_GRADE, Thresholds, decide
 
 N_GRADES = 5
 ECE_BINS = 15
@@ -183,9 +183,13 @@ def evaluate(y_true: Any, probs: Any, *, referable_threshold: float | None = Non
     p = _probs(probs, len(y))
     if y.size == 0:
         raise ValueError("evaluate needs at least one labelled image")
-    # ordinal bundles grade by cut points on E[grade], exactly as core.grading.decide_grade
-    pred = p.argmax(1) if grade_thresholds is None else apply_thresholds(expected_grade(p),
-                                                                         grade_thresholds)
+    # the served grade: core.grading.decide (flags at the operating thresholds, then the grade
+    # they allow; ordinal bundles by their cut points inside that band)
+    rule = Thresholds(DEFAULT_THRESHOLD if referable_threshold is None else referable_threshold,
+                      DEFAULT_THRESHOLD if vision_threatening_threshold is None
+                      else vision_threatening_threshold,
+                      None if grade_thresholds is None else tuple(sorted(grade_thresholds)))
+    pred = np.array([decide(row, rule).grade for row in p], dtype=np.int64)
     cm = confusion_matrix(y, pred)
     counts = cm.sum(1)
     recall = [float(cm[c, c] / counts[c]) if counts[c] else None for c in range(N_GRADES)]

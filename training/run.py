@@ -18,7 +18,8 @@ import torch
 from core.bundle import Bundle
 from core.errors import DRError
 from training.config import TrainConfig, load_config, save_config
-from training.datasets import load_records, split_by_patient
+from training.datasets import load_records
+from training.splits import held_out_metrics, make_splits, score_splits
 from training.distributed import barrier, init_distributed, shutdown
 from training.finalize import calibrate_and_evaluate, load_best, write_bundle
 from training.image_cache import build_cache
@@ -54,8 +55,9 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Run
         cache = build_cache(records, cfg.preprocessing, cfg.data.cache_dir, progress=False)
         usable = [r for r, ok in zip(records, cache.ok, strict=True) if ok]
         rows = {r.id: i for i, r in enumerate(records)}
-        train, val = split_by_patient(usable, cfg.data.val_fraction, cfg.seed)
-        summary |= {"train": len(train), "val": len(val), "unreadable": len(cache.errors)}
+        splits = make_splits(cfg, usable)
+        train, val = splits.train, splits.selection
+        summary |= splits.summary() | {"unreadable": len(cache.errors)}
         loaders = make_loaders(cfg, cache.folder, [rows[r.id] for r in train],
                                [r.grade for r in train], [rows[r.id] for r in val],
                                [r.grade for r in val], info)
@@ -68,11 +70,13 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Run
         bundle, metrics = None, {}
         if info.is_main:
             load_best(setup, run_dir)
-            logits = trainer.predict_logits(loaders.val)
-            calibration, metrics = calibrate_and_evaluate(cfg, logits, loaders.val_grades)
+            scored = score_splits(trainer, loaders, splits, cache.folder, rows)
+            y_cal, logits = scored["calibration"]
+            calibration, metrics = calibrate_and_evaluate(cfg, logits, y_cal)
+            metrics |= held_out_metrics(cfg, splits, scored, calibration, run_dir)
             bundle = write_bundle(cfg, setup, run_dir, calibration, metrics, summary)
             (run_dir / "metrics.json").write_text(json.dumps(bundle.manifest.evaluation, indent=1))
-            _plots(run_dir, metrics, state.history, loaders.val_grades, logits, calibration)
+            _plots(run_dir, metrics, state.history, y_cal, logits, calibration)
         barrier(info)
         return RunResult(run_dir, bundle, metrics, state.history)
     finally:

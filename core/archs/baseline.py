@@ -17,6 +17,7 @@ import timm
 import torch
 from torch import nn
 
+from core.archs.imagenet_weights import create_pretrained, has_package_weights
 from core.errors import ConfigError, WeightsUnavailableError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup must fail fast, not hang
@@ -35,6 +36,8 @@ def _create_backbone(model_name: str, pretrained: bool, weights_path: str | None
                      **timm_kwargs: Any) -> nn.Module:
     if not pretrained:
         return timm.create_model(model_name, pretrained=False, num_classes=0, **timm_kwargs)
+    if weights_path is None and has_package_weights(model_name):
+        return create_pretrained(model_name, num_classes=0, **timm_kwargs)
     if weights_path is None:
         return _create_from_hub(model_name, **timm_kwargs)
     if not Path(weights_path).is_file():
@@ -59,6 +62,10 @@ def _create_from_hub(model_name: str, **timm_kwargs: Any) -> nn.Module:
         raise WeightsUnavailableError(f"{offline_hint} Download failed: {exc}") from exc
 
 
+# The model-architecture guide's YAML names -> DRClassifier's argument names.
+_GUIDE_KEYS = {"name": "model_name", "dropout": "dropout_rate"}
+
+
 class DRClassifier(nn.Module):
     """A timm backbone (its own head removed) + dropout + Linear(num_features, num_classes)."""
 
@@ -69,6 +76,7 @@ class DRClassifier(nn.Module):
         _check_model_name(model_name)
         self.model_name = model_name
         self.num_classes = num_classes
+        self.pretrained = bool(pretrained)
         self.backbone = _create_backbone(model_name, pretrained, weights_path, **timm_kwargs)
         self.num_features = int(self.backbone.num_features)
         self.dropout = nn.Dropout(dropout_rate)
@@ -94,18 +102,45 @@ class DRClassifier(nn.Module):
         return total, trainable
 
     def summary(self) -> str:
+        """Print and return the guide's summary lines (plus the parameter counts)."""
         total, trainable = self.get_num_params()
-        return (f"DRClassifier({self.model_name}, classes={self.num_classes}, "
-                f"features={self.num_features}): {total:,} parameters, {trainable:,} trainable")
+        text = "\n".join([
+            f"\u2713 Created DRClassifier with backbone: {self.model_name}",
+            f"  - Feature dimension: {self.num_features}",
+            f"  - Output classes: {self.num_classes}",
+            f"  - Dropout rate: {self.dropout.p:g}",
+            f"  - Pretrained: {self.pretrained}",
+            f"  - Size: {total:,} parameters ({trainable:,} trainable)",
+        ])
+        print(text)
+        return text
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> DRClassifier:
-        """Build from a config mapping (a training YAML's `model` section or a bundle's kwargs)."""
+        """Build from a config mapping: a bundle's kwargs or the guide's `model` section.
+
+        The guide's keys are accepted as written (`name`, `dropout`, `freeze_backbone`, and
+        `type` when it names this tier); mixing a guide key with its own name is an error.
+        """
         allowed = {"model_name", "num_classes", "pretrained", "dropout_rate", "weights_path",
-                   "drop_path_rate", "drop_rate"}
+                   "drop_path_rate", "drop_rate", *_GUIDE_KEYS, "freeze_backbone", "type"}
         unknown = sorted(set(cfg) - allowed)
         if unknown:
             raise ConfigError(f"Unknown DRClassifier option(s) {unknown}; allowed: {sorted(allowed)}")
-        if "model_name" not in cfg:
-            raise ConfigError("DRClassifier config needs 'model_name' (a timm model name)")
-        return cls(**dict(cfg))
+        kwargs = dict(cfg)
+        kind = kwargs.pop("type", None)
+        if kind not in (None, "baseline"):
+            raise ConfigError(f"model type {kind!r} is not a DRClassifier; build it with "
+                              "core.archs.retfound.load_retfound_model or core.archs.lora.RETFoundLoRA")
+        for guide_key, own_key in _GUIDE_KEYS.items():
+            if guide_key in kwargs:
+                if own_key in kwargs:
+                    raise ConfigError(f"Give either {guide_key!r} or {own_key!r}, not both")
+                kwargs[own_key] = kwargs.pop(guide_key)
+        freeze = kwargs.pop("freeze_backbone", False)
+        if "model_name" not in kwargs:
+            raise ConfigError("DRClassifier config needs 'model_name' or 'name' (a timm model name)")
+        model = cls(**kwargs)
+        if freeze:
+            model.freeze_backbone()
+        return model

@@ -207,9 +207,10 @@ class RETFoundLoRA(nn.Module):
     """
 
     def __init__(
-        self, checkpoint_path: str | Path | None, num_classes: int, lora_r: int = 8,
+        self, checkpoint_path: str | Path | None, num_classes: int = 5, lora_r: int = 8,
         lora_alpha: float = 32, lora_dropout: float = 0.1, head_dropout: float = 0.3,
-        target_modules: Sequence[str] = ("qkv",), global_pool: str = "avg", img_size: int = 224,
+        target_modules: Sequence[str] = ("qkv",), global_pool: bool | str = "avg",
+        img_size: int = 224,
         *, vit: nn.Module | None = None,
     ) -> None:
         super().__init__()

@@ -46,6 +46,7 @@ from core.errors import CheckpointError, ConfigError
 __all__ = [
     "build_retfound_vit",
     "count_encoder_params",
+    "global_pool_mode",
     "init_retfound_head",
     "load_retfound_model",
     "read_retfound_checkpoint",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 POOLING_MODES = ("avg", "token")
+PoolArg = bool | str  # RETFound's boolean flag or the mode name
 MLP_KINDS = ("gelu", "swiglu_packed")
 # Standard ViT widths -> depths; a checkpoint of one of these widths with fewer blocks lost some.
 _KNOWN_DEPTHS = {384: 12, 768: 12, 1024: 24, 1280: 32, 1536: 40}
@@ -65,7 +67,7 @@ _MAX_KEYS_SHOWN = 400
 
 def build_retfound_vit(
     num_classes: int = 5,
-    global_pool: str = "avg",
+    global_pool: PoolArg = "avg",
     img_size: int = 224,
     patch_size: int = 16,
     embed_dim: int = 1024,
@@ -78,11 +80,12 @@ def build_retfound_vit(
 ) -> VisionTransformer:
     """RETFound's ViT (defaults: ViT-L/16 MAE) from kwargs alone, so bundles can rebuild it.
 
-    ``global_pool="avg"`` averages patch tokens then applies ``fc_norm`` (``norm`` is Identity);
-    ``"token"`` takes the CLS token after ``norm``. ``init_values`` (LayerScale) and
-    ``mlp="swiglu_packed"`` exist for the DINOv2 variants. ``num_classes=0`` returns pooled
-    ``embed_dim`` features. The head is re-initialised as RETFound does (std 2e-5, bias 0).
+    ``global_pool="avg"`` (RETFound's ``True``) averages patch tokens then applies ``fc_norm``
+    (``norm`` is Identity); ``"token"`` (``False``) takes the CLS token after ``norm``.
+    ``init_values`` (LayerScale) and ``mlp="swiglu_packed"`` exist for the DINOv2 variants.
+    ``num_classes=0`` returns pooled ``embed_dim`` features. The head is re-initialised as RETFound does (std 2e-5, bias 0).
     """
+    global_pool = global_pool_mode(global_pool)
     _check_build_args(global_pool, img_size, patch_size, embed_dim, num_heads, mlp, num_classes)
     swiglu = mlp == "swiglu_packed"
     model = VisionTransformer(
@@ -105,12 +108,26 @@ def build_retfound_vit(
     return model
 
 
+def global_pool_mode(global_pool: PoolArg) -> str:
+    """``"avg"`` or ``"token"`` from RETFound's boolean flag or the mode name.
+
+    RETFound's ``--global_pool``: True = mean of the patch tokens + ``fc_norm``, False = CLS token
+    after ``norm``. Only real booleans count as the flag (``0``/``1`` are refused, not guessed).
+    """
+    if isinstance(global_pool, bool):
+        return "avg" if global_pool else "token"
+    if global_pool in POOLING_MODES:
+        return global_pool
+    raise ConfigError(
+        f"global_pool={global_pool!r} is not supported; use 'avg' or True (mean of the patch "
+        "tokens + fc_norm), or 'token' or False (the CLS token)."
+    )
+
+
 def _check_build_args(
     global_pool: str, img_size: int, patch_size: int, embed_dim: int, num_heads: int, mlp: str,
     num_classes: int,
 ) -> None:
-    if global_pool not in POOLING_MODES:
-        raise ConfigError(f"global_pool={global_pool!r} is not supported; use 'avg' or 'token'.")
     if mlp not in MLP_KINDS:
         raise ConfigError(f"mlp={mlp!r} is not supported; use one of {MLP_KINDS}.")
     if patch_size <= 0 or img_size % patch_size:
@@ -270,7 +287,7 @@ def _normalise_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def retfound_kwargs_from_state_dict(
     state: Mapping[str, Tensor],
     num_classes: int = 5,
-    global_pool: str = "avg",
+    global_pool: PoolArg = "avg",
     img_size: int = 224,
     drop_path_rate: float = 0.0,
     num_heads: int | None = None,
@@ -283,7 +300,7 @@ def retfound_kwargs_from_state_dict(
     mlp, ratio = _infer_mlp(state, embed_dim)
     return {
         "num_classes": num_classes,
-        "global_pool": global_pool,
+        "global_pool": global_pool_mode(global_pool),
         "img_size": img_size,
         "patch_size": int(patch_size),
         "embed_dim": int(embed_dim),
@@ -344,19 +361,22 @@ def _infer_mlp(state: Mapping[str, Tensor], embed_dim: int) -> tuple[str, float]
 def load_retfound_model(
     checkpoint_path: str | Path,
     num_classes: int = 5,
-    global_pool: str = "avg",
+    global_pool: PoolArg = "avg",
     img_size: int = 224,
     drop_path_rate: float = 0.0,
     num_heads: int | None = None,
 ) -> VisionTransformer:
     """A timm ViT holding RETFound's encoder weights and a fresh head (std 2e-5).
 
-    Architecture comes from the tensors; ``num_heads`` defaults to ``embed_dim // 64``.
+    ``global_pool`` takes RETFound's boolean (False = CLS token, True = average pooling with
+    ``fc_norm``) or ``"token"`` / ``"avg"``. Architecture comes from the tensors; ``num_heads``
+    defaults to ``embed_dim // 64``.
     ``pos_embed`` is resampled bicubically when ``img_size`` changes the grid. Every encoder key
     must land: only ``head.*`` (and ``fc_norm.*`` in avg mode) may stay missing, nothing may be
     unexpected, else ``CheckpointError`` lists the keys. The kwargs that rebuild the module are
     in ``model.retfound_kwargs``.
     """
+    global_pool = global_pool_mode(global_pool)
     state = read_retfound_checkpoint(checkpoint_path)
     kwargs = retfound_kwargs_from_state_dict(
         state, num_classes, global_pool, img_size, drop_path_rate, num_heads

@@ -17,28 +17,46 @@ import streamlit as st
 
 from core.bundle import Bundle
 from core.errors import DRError
-from core.grading import DME_NOT_ASSESSED, GRADE_NAMES, Urgency, follow_up
+from core.grading import DME_NOT_ASSESSED, GRADE_NAMES, HEADLINES, NOT_FUNDUS_HEADLINE, Urgency, follow_up
 from core.images import image_fingerprint, read_image_bytes
 from core.patients import ImageItem
+from core.quality import NOT_FUNDUS
+from core.records import ModelRunSettings
 from core.safe_paths import resolve_inside_roots
 from core.store import ResultRow, RunInfo
 from core.wording import RESULT_RECORD_NOTICE
 from dashboard.components.analysis import analysis_for, explanation_for
 from dashboard.components.batch_run import is_folder_run
-from dashboard.components.heatmap import heatmap_caption, opacity_ui, overlay_image
+from dashboard.components.heatmap import (
+    heatmap_caption,
+    opacity_ui,
+    overlay_image,
+    target_caption,
+    target_ui,
+)
 from dashboard.components.signoff import signoff_ui
 from dashboard.components.upload import PhotoInput
 from dashboard.components.worklist import item_error
+from dashboard.components.wrong_upload import wrong_upload_ui
 
 UPLOADS_KEY = "batch-uploads"  # run id -> [(name, bytes)] of this session's uploads
-_HEADLINES = {
-    Urgency.VISION_THREATENING: ("error", "Vision-threatening DR suggested - review and refer "
-                                          "urgently"),
-    Urgency.REFERABLE: ("error", "Referable DR suggested - review for referral"),
-    Urgency.UNGRADABLE: ("warning", Urgency.UNGRADABLE.label),
-    Urgency.MILD: ("success", "Not referable (mild NPDR suggested)"),
-    Urgency.NONE: ("success", "Not referable (no DR suggested)"),
-}
+_KIND = {Urgency.VISION_THREATENING: "error", Urgency.REFERABLE: "error",
+         Urgency.UNGRADABLE: "warning", Urgency.MILD: "success", Urgency.NONE: "success"}
+
+
+def not_fundus(item: ImageItem) -> bool:
+    """The stored quality gate said: not a fundus photograph (a wrong upload)."""
+    return item.primary is not None and NOT_FUNDUS in item.primary.quality_reasons
+
+
+def headline(item: ImageItem) -> tuple[str, str]:
+    """(st method, text) of the stored decision; a fragile negative is never green."""
+    if not_fundus(item):
+        return "error", NOT_FUNDUS_HEADLINE
+    kind = _KIND[item.urgency]
+    if kind == "success" and item.review:
+        kind = "info"
+    return kind, HEADLINES[item.urgency]
 
 
 def remember_uploads(run_id: int, uploads: list[tuple[str, bytes]]) -> None:
@@ -89,8 +107,9 @@ def photo_bytes(info: RunInfo, item: ImageItem, roots: Sequence[Path]) -> bytes 
     return data
 
 
-def _settings(info: RunInfo, row: ResultRow) -> dict:
-    return info.settings.get("models", {}).get(row.bundle_key, {})
+def _settings(info: RunInfo, row: ResultRow) -> ModelRunSettings:
+    found = info.run_settings.models.get(row.bundle_key)
+    return found or ModelRunSettings(name=row.model, version=row.version, demo=False, tier="")
 
 
 def _p_line(label: str, p: float | None, threshold: object) -> str:
@@ -102,7 +121,7 @@ def _p_line(label: str, p: float | None, threshold: object) -> str:
 
 def result_ui(info: RunInfo, item: ImageItem, programme: str) -> None:
     """The stored result: decision first, then grade, probabilities, quality and guidance."""
-    kind, text = _HEADLINES[item.urgency]
+    kind, text = headline(item)
     getattr(st, kind)(f"**{text}**")
     error = item_error(item)
     if error:
@@ -121,12 +140,14 @@ def result_ui(info: RunInfo, item: ImageItem, programme: str) -> None:
                     "an ungradable photo. **Re-image, or refer for a standard eye "
                     "examination.**")
     else:
-        st.markdown(f"#### Suggested grade: {GRADE_NAMES[row.grade]} (ICDR {row.grade})")
+        st.markdown(f"#### Suggested grade: {GRADE_NAMES[row.grade]} (ICDR {row.grade})  \n"
+                    f"Referable DR: **{'YES' if row.referable else 'no'}** - "
+                    f"vision-threatening DR: **{'YES' if row.vtdr else 'no'}**")
         st.markdown("  \n".join([
-            _p_line("P(referable DR)", row.p_referable, cfg.get("referable_threshold")),
+            _p_line("P(referable DR)", row.p_referable, cfg.referable_threshold),
             _p_line("P(vision-threatening DR)", row.p_vision_threatening,
-                    cfg.get("vision_threatening_threshold")),
-            f"Confidence (probability of this grade): **{row.confidence:.0%}**",
+                    cfg.vision_threatening_threshold),
+            f"Probability of this grade: **{row.confidence:.0%}**",
             f"Photo quality: {row.quality_level}"
             + (f" ({', '.join(row.quality_reasons)})" if row.quality_reasons else ""),
             DME_NOT_ASSESSED]))
@@ -140,7 +161,7 @@ def result_ui(info: RunInfo, item: ImageItem, programme: str) -> None:
     if g.caveat:
         st.caption(g.caveat)
     st.caption(f"Model **{row.model}** version **{row.version}**"
-               + (" (DEMO: synthetic training images)" if cfg.get("demo") else "")
+               + (" (DEMO: synthetic training images)" if cfg.demo else "")
                + f". {RESULT_RECORD_NOTICE}")
 
 
@@ -167,15 +188,17 @@ def images_ui(item: ImageItem, data: bytes | str, bundle: Bundle | None, thumb: 
     if item.urgency == Urgency.UNGRADABLE:
         right.caption("No heatmap: the photo is ungradable.")
         return
+    shown = item.primary.grade if item.primary is not None else None
     with right:
-        exp = explanation_for(analysis)
-        if isinstance(exp, str):
-            st.warning(exp)
-            return
         slot = st.empty()
+        target = target_ui(shown, key=f"{key}-target")
+        exp = explanation_for(analysis, target=target)
+        if isinstance(exp, str):
+            slot.warning(exp)
+            return
         alpha = opacity_ui(key=f"{key}-opacity")
         slot.image(overlay_image(cropped, exp.heatmap, alpha), width="stretch",
-                   caption=f"Heatmap: {exp.method}, target {exp.target}")
+                   caption="Heatmap: " + target_caption(exp, shown))
         st.caption(heatmap_caption())
 
 
@@ -196,4 +219,7 @@ def detail_ui(info: RunInfo, item: ImageItem, *, roots: Sequence[Path], bundle: 
         with result_col:
             result_ui(info, item, programme)
         if item.primary is not None and not item_error(item):
-            signoff_ui(item.primary, f.content_hash, f.file, key=key, run_id=info.id)
+            if not_fundus(item):
+                wrong_upload_ui(item.primary, f.content_hash, f.file, key=key, run_id=info.id)
+            else:
+                signoff_ui(item.primary, f.content_hash, f.file, key=key, run_id=info.id)

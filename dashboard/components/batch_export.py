@@ -2,7 +2,10 @@
 
 Why through core.report: the research-use wording, the demo notice and the audit entry of every
 export live there, so the page cannot produce an export without them. Every file is built only
-when its button is clicked, so the audit trail records downloads, not page views.
+when its button is clicked, so the audit trail records downloads, not page views. Clicking a
+button does not rerun the page (on_click="ignore"): a rerun replaced every button's deferred
+file, so a second download clicked straight after the first asked for a file that no longer
+existed ("Deferred file ... not found", issue 12).
 """
 
 from __future__ import annotations
@@ -44,15 +47,16 @@ def exports_ui(store: Store, run_id: int, patients: list[str], programme: str, *
     with c1:
         st.download_button("CSV per photo", lambda: csv_bytes(store, run_id, "image"),
                            f"screening-run-{run_id}-photos.csv", "text/csv",
-                           key=f"{key}-csv-photos", icon=":material/download:")
+                           key=f"{key}-csv-photos", icon=":material/download:", on_click="ignore")
     with c2:
         st.download_button("CSV per patient", lambda: csv_bytes(store, run_id, "patient"),
                            f"screening-run-{run_id}-patients.csv", "text/csv",
-                           key=f"{key}-csv-patients", icon=":material/download:")
+                           key=f"{key}-csv-patients", icon=":material/download:", on_click="ignore")
     with c3:
         st.download_button("PDF report (run)", lambda: pdf_bytes(store, run_id),
                            f"screening-run-{run_id}.pdf", "application/pdf",
-                           key=f"{key}-pdf-run", icon=":material/picture_as_pdf:")
+                           key=f"{key}-pdf-run", icon=":material/picture_as_pdf:",
+                           on_click="ignore")
     with c4:
         if patients:
             patient = st.selectbox("Patient for a one-patient PDF", patients,
@@ -60,6 +64,7 @@ def exports_ui(store: Store, run_id: int, patients: list[str], programme: str, *
             st.download_button("PDF for this patient",
                                lambda: pdf_bytes(store, run_id, patient, programme),
                                f"screening-run-{run_id}-patient.pdf", "application/pdf",
-                               key=f"{key}-pdf-patient-btn", icon=":material/picture_as_pdf:")
+                               key=f"{key}-pdf-patient-btn", icon=":material/picture_as_pdf:",
+                               on_click="ignore")
     st.caption("Exports carry the research-use wording and name the model and version used; "
                "each export is written to the audit trail.")

@@ -19,27 +19,14 @@ import streamlit as st
 
 from core.bundle import Bundle
 from core.errors import DRError
+from core.records import RunKind
 from core.screening import plan_sources, screen
-from core.store import RunInfo, Store, default_db_path
+from core.store import RunInfo, Store
+from dashboard.components.database import open_store  # noqa: F401 - the pages' import
 
 IN_PROCESS_MAX = 16  # up to this many photos, decoding in worker processes costs more than it saves
 ACTIVE_KEY = "batch-active"  # set while a run is in progress in this session
 OPEN_KEY = "batch-open"  # a run to open on the next script run
-
-
-@st.cache_resource(show_spinner=False)
-def _store(path: str) -> Store:
-    return Store(path)
-
-
-def open_store() -> Store | str:
-    """The screening database ($DR_DB_PATH), or the reason it cannot be opened."""
-    try:
-        return _store(str(default_db_path()))
-    except (DRError, OSError) as exc:
-        return f"The screening database could not be opened ({exc}). Check DR_DB_PATH."
-    except Exception as exc:  # noqa: BLE001 - sqlite3 errors: say so instead of a traceback
-        return f"The screening database could not be opened ({exc}). Check DR_DB_PATH."
 
 
 def workers_for(n_files: int) -> int | None:
@@ -170,5 +157,5 @@ def runs_ui(store: Store, *, key: str) -> RunInfo | None:
 
 
 def is_folder_run(info: RunInfo) -> bool:
-    """Folder runs record their folder as the source; uploads record a count."""
-    return not info.source.endswith("uploaded or listed item(s)")
+    """A folder (or zip) on the server, whose photos the page can read again; not uploads."""
+    return info.kind is RunKind.FOLDER

@@ -11,6 +11,7 @@ import streamlit as st
 from core.bundle import Bundle, Discovery, discover_bundles, load_bundle
 from core.cache import ModelCache, default_cache
 from core.explain import METHODS, SCORECAM_MAX_CPU_PARAMS
+from core.grading import near_chance
 from core.predict import Predictor
 
 TIER_NAMES = {"baseline": "Baseline CNN", "retfound": "RETFound", "lora": "RETFound + LoRA"}
@@ -28,7 +29,15 @@ def is_grader(bundle: Bundle) -> bool:
 
 
 def graders(found: Discovery) -> list[Bundle]:
-    return [b for b in found.bundles if is_grader(b)]
+    """Gradable bundles, the default first: models trained on real photos that carry their own
+    figures come before demo and unmeasured ones (a synthetic-only model must never be what a
+    clinician gets without choosing it), the stronger of them first; otherwise by name."""
+    def rank(b: Bundle) -> tuple:
+        ev = b.manifest.evaluation
+        measured = bool(ev.get("kappa_quadratic") is not None or (ev.get("referable") or {}))
+        return (b.manifest.demo or not measured, near_chance(ev), b.name)
+
+    return sorted((b for b in found.bundles if is_grader(b)), key=rank)
 
 
 def bundle_label(bundle: Bundle) -> str:
@@ -55,7 +64,9 @@ def _shared_cache() -> ModelCache:
 
 @st.cache_resource(show_spinner="Loading the model (first time only)...", max_entries=16)
 def _predictor(path: str, key: str) -> Predictor:
-    """One Predictor per bundle identity and process; `key` makes a retrained bundle reload."""
+    """One Predictor per bundle identity and process; `key` makes a retrained bundle reload.
+    A Predictor holds no model (core.cache owns them), so keeping 16 here does not defeat
+    DR_MODEL_CACHE_MB."""
     del key  # part of the cache key only
     return Predictor(load_bundle(path), cache=_shared_cache())
 
@@ -67,7 +78,7 @@ def predictor_for(bundle: Bundle) -> Predictor:
 
 def parameter_count(predictor: Predictor) -> int:
     """Parameters of the loaded model (LoRA: the shared host, adapters included)."""
-    return int(sum(p.numel() for p in predictor.loaded.module.parameters()))
+    return predictor.n_params
 
 
 def format_params(n: int) -> str:

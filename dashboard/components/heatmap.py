@@ -7,6 +7,7 @@ import streamlit as st
 import torch
 
 from core.explain import Explanation
+from core.grading import GRADE_NAMES
 from core.overlay import overlay
 from core.preprocessing import PreprocessSpec
 from core.wording import HEATMAP_CAPTION
@@ -42,3 +43,36 @@ def overlay_image(cropped: np.ndarray, heatmap: np.ndarray, opacity: float) -> n
 
 def heatmap_caption() -> str:
     return HEATMAP_CAPTION
+
+
+def displayed_target(grade: int | None) -> int | str:
+    """What a heatmap explains by default: the grade on the card (issue 12), not the argmax."""
+    return "predicted" if grade is None else int(grade)
+
+
+def target_caption(exp: Explanation, displayed_grade: int | None) -> str:
+    """Say whether this map explains the grade the user sees, or something else."""
+    if exp.target_class is None:
+        return f"{exp.method}: {exp.target} (not a single grade)"
+    if exp.target_class == displayed_grade:
+        return (f"{exp.method}: explains the displayed grade "
+                f"{displayed_grade} ({GRADE_NAMES[displayed_grade]})")
+    return (f"{exp.method}: explains grade {exp.target_class} "
+            f"({GRADE_NAMES[exp.target_class]}) - NOT the displayed grade")
+
+
+def target_label(target: int | str, displayed_grade: int | None) -> str:
+    if target == displayed_grade:
+        return f"the displayed grade ({target} {GRADE_NAMES[int(target)]})"
+    if target == "referable":
+        return "referable (grades 2-4) - not the displayed grade"
+    return f"grade {target} ({GRADE_NAMES[int(target)]}) - not the displayed grade"
+
+
+def target_ui(displayed_grade: int | None, *, key: str) -> int | str:
+    """Which class the heatmap explains: the displayed grade first; others labelled as such."""
+    first = displayed_target(displayed_grade)
+    options = [first] + [g for g in range(len(GRADE_NAMES)) if g != first] + ["referable"]
+    choice = st.selectbox("Heatmap explains", options, key=key,
+                          format_func=lambda t: target_label(t, displayed_grade))
+    return first if choice is None else choice

@@ -10,12 +10,13 @@ import plotly.graph_objects as go
 
 from core.grading import GRADE_NAMES
 
-LABELS = {"n": "validation images", "accuracy": "accuracy (5 grades)",
+LABELS = {"n": "photos", "accuracy": "accuracy (5 grades)",
           "kappa_quadratic": "quadratic-weighted kappa", "kappa": "Cohen's kappa",
           "macro_auroc": "macro AUROC (5 grades)", "ece": "expected calibration error",
           "per_class_recall": "recall per grade (0-4)", "class_counts": "images per grade (0-4)",
           "referable": "referable DR", "vision_threatening": "vision-threatening DR",
-          "temperature": "calibration temperature"}
+          "temperature": "calibration temperature",
+          "ordinal_thresholds": "grade cut points on the expected grade (ordinal rule)"}
 _SCREENING_KEYS = ("sensitivity", "specificity", "auroc", "threshold", "n_positive", "n_negative")
 
 
@@ -27,11 +28,24 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# evaluation keys shown elsewhere: plots, the per-split columns and the cross-validation table
+_NOT_ROWS = ("confusion_matrix", "reliability", "selection", "test", "cross_validation",
+             "split", "split_notes")
+SPLIT_NAMES = {"selection": "selection split (chose the epoch)",
+               "calibration": "calibration split (thresholds fitted here: optimistic)",
+               "test": "held-out test fold"}
+
+
+def split_of(evaluation: dict[str, Any]) -> str:
+    """Which split the bundle's main figures come from, in words (older bundles: validation)."""
+    return SPLIT_NAMES.get(evaluation.get("split", ""), "validation split")
+
+
 def metrics_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
     """Flatten manifest.evaluation into (metric, value) rows; matrices and bins are plotted."""
     rows = []
     for key, value in evaluation.items():
-        if key in ("confusion_matrix", "reliability"):
+        if key in _NOT_ROWS:
             continue
         if isinstance(value, dict):
             for sub in _SCREENING_KEYS:
@@ -44,6 +58,15 @@ def metrics_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
         else:
             rows.append({"metric": LABELS.get(key, key), "value": _fmt(value)})
     return rows
+
+
+def grade_rule(cuts: Any) -> str:
+    """How this bundle's grade is decided (core.grading.decide), in words."""
+    band = "flags at the operating thresholds, then "
+    if not cuts:
+        return band + "the most probable grade they allow"
+    return (band + "cut points " + ", ".join(f"{float(c):.3f}" for c in cuts)
+            + " on the expected grade, kept inside the band the flags allow")
 
 
 def confusion_figure(cm: list[list[int]]) -> go.Figure:
@@ -114,3 +137,22 @@ def history_figure(history: list[dict[str, float]]) -> go.Figure:
                       title=dict(text="Training curves", font=dict(size=14)),
                       xaxis_title="epoch", legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+CV_COLUMNS = (("referable_auroc", "referable AUROC"), ("kappa_quadratic", "quadratic kappa"),
+              ("sensitivity", "sensitivity"), ("specificity", "specificity"))
+
+
+def cross_validation_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
+    """training.crossval's table: value (95% interval) per model, out-of-fold photos only."""
+    results = (evaluation.get("cross_validation") or {}).get("results") or {}
+    rows = []
+    for name, r in results.items():
+        row = {"model": name, "photos": str(r.get("n_photos", ""))}
+        for key, label in CV_COLUMNS:
+            entry = r.get(key) or {}
+            value, ci = entry.get("value"), entry.get("ci95")
+            row[label] = "n/a" if value is None else (
+                f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{value:.3f}")
+        rows.append(row)
+    return rows

@@ -7,7 +7,12 @@ from collections.abc import Iterable
 import streamlit as st
 
 from core.bundle import Bundle
-from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE, RETFOUND_LICENSE_NOTICE
+from core.wording import (
+    DEMO_NOTICE,
+    RESEARCH_USE_NOTICE,
+    RETFOUND_LICENSE_NOTICE,
+    real_data_notice,
+)
 
 
 def research_notice_ui() -> None:
@@ -27,6 +32,10 @@ def demo_notice_ui(bundles: Iterable[Bundle]) -> bool:
     demo = [b.name for b in bundles if b.manifest.demo]
     if demo:
         st.error(f"**DEMO MODEL** ({', '.join(demo)}). {DEMO_NOTICE}", icon=":material/warning:")
+    for b in bundles:
+        if not b.manifest.demo:
+            st.info(f"**{b.name}**: {real_data_notice(b.manifest.provenance.training_data)}",
+                    icon=":material/info:")
     weak = [f"{b.name} (validation kappa {qwk:.2f})" for b in bundles
             if (qwk := b.manifest.evaluation.get("kappa_quadratic")) is not None
             and qwk < NEAR_CHANCE_QWK]

@@ -5,31 +5,43 @@ Ungradable is a result in its own right: "Ungradable - re-image or refer", never
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import streamlit as st
 
-from core.grading import DME_NOT_ASSESSED, GRADE_NAMES, Urgency
+from core.grading import DME_NOT_ASSESSED, GRADE_NAMES, HEADLINES, NOT_FUNDUS_HEADLINE, Urgency
 from core.predict import Prediction
 from core.quality import QualityReport
 from core.wording import RESULT_RECORD_NOTICE
 from dashboard.components.probability_chart import probability_figure
 
-_HEADLINE = {
-    Urgency.VISION_THREATENING: ("error", ":material/emergency:",
-                                 "Vision-threatening DR suggested - review and refer urgently"),
-    Urgency.REFERABLE: ("error", ":material/priority_high:",
-                        "Referable DR suggested - review for referral"),
-    Urgency.UNGRADABLE: ("warning", ":material/visibility_off:", Urgency.UNGRADABLE.label),
-    Urgency.MILD: ("success", ":material/check_circle:",
-                   "Not referable (mild NPDR suggested)"),
-    Urgency.NONE: ("success", ":material/check_circle:", "Not referable (no DR suggested)"),
+_STYLE = {
+    Urgency.VISION_THREATENING: ("error", ":material/emergency:"),
+    Urgency.REFERABLE: ("error", ":material/priority_high:"),
+    Urgency.UNGRADABLE: ("warning", ":material/visibility_off:"),
+    Urgency.MILD: ("success", ":material/check_circle:"),
+    Urgency.NONE: ("success", ":material/check_circle:"),
 }
+NEEDS_REVIEW = "Needs review - this answer is fragile"
 
 
 def headline(prediction: Prediction) -> str:
-    """The one-line decision a nurse reads first."""
-    return _HEADLINE[prediction.urgency][2]
+    """The one-line decision a nurse reads first (core.grading.Decision.headline)."""
+    if prediction.decision is not None:
+        return prediction.decision.headline
+    return HEADLINES[prediction.urgency]
+
+
+def card_fields(prediction: Prediction) -> dict[str, str]:
+    """What the card shows, as text: every value comes from the prediction's one Decision."""
+    return {"headline": headline(prediction),
+            "grade": ("not graded" if not prediction.gradable else
+                      f"{prediction.grade} - {GRADE_NAMES[prediction.grade]}"),
+            "referable": _yes_no(prediction.referable),
+            "vision_threatening": _yes_no(prediction.vision_threatening),
+            "urgency": prediction.urgency.label,
+            "review": "; ".join(prediction.review_reasons)}
 
 
 def quality_text(quality: QualityReport) -> str:
@@ -41,58 +53,105 @@ def _yes_no(flag: bool | None) -> str:
     return "not graded" if flag is None else ("YES" if flag else "no")
 
 
+def review_ui(prediction: Prediction) -> None:
+    """Why a person must look before anyone acts on this result (never a green tick alone)."""
+    if prediction.review_reasons:
+        st.warning(f"**{NEEDS_REVIEW}**  \n" + "  \n".join(
+            f"- {r}" for r in prediction.review_reasons), icon=":material/rate_review:")
+
+
 def decision_ui(prediction: Prediction) -> None:
-    """Coloured headline, then referable / vision-threatening / gradable side by side."""
-    kind, icon, text = _HEADLINE[prediction.urgency]
-    getattr(st, kind)(f"**{text}**", icon=icon)
+    """Coloured headline, review reasons, then referable / vision-threatening / gradable."""
+    if prediction.not_fundus:
+        st.error(f"**{NOT_FUNDUS_HEADLINE}**", icon=":material/image_not_supported:")
+        st.markdown("This picture does not look like a colour fundus photograph "
+                    f"({quality_text(prediction.quality)}). No grade is given. Upload the "
+                    "right photo; if it is a fundus photo, re-image it.")
+        return
+    kind, icon = _STYLE[prediction.urgency]
+    if kind == "success" and prediction.review_reasons:
+        kind = "info"  # a fragile negative is not reassurance: no green
+    getattr(st, kind)(f"**{headline(prediction)}**", icon=icon)
+    review_ui(prediction)
     s = prediction.settings
     c1, c2, c3 = st.columns(3)
     c1.metric("Referable DR", _yes_no(prediction.referable),
-              help="P(grade >= 2) compared with the bundle's referable threshold.")
+              help="P(grade >= 2) at the bundle's referable threshold (or vision-threatening).")
     c2.metric("Vision-threatening DR", _yes_no(prediction.vision_threatening),
               help="P(grade >= 3) compared with the bundle's vision-threatening threshold.")
     c3.metric("Gradable", "YES" if prediction.gradable else "NO",
               help="Image-quality gate (EyeQ levels good / usable / reject).")
-    if prediction.gradable:
-        c1.caption(f"p = {prediction.p_referable:.2f} (threshold {s.get('referable_threshold', 0):.3f})")
+    if prediction.gradable and s is not None:  # typed: a renamed field fails, never shows 0
+        c1.caption(f"p = {prediction.p_referable:.2f} "
+                   f"(threshold {s.referable_threshold:.2f})")
         c2.caption(f"p = {prediction.p_vision_threatening:.2f} "
-                   f"(threshold {s.get('vision_threatening_threshold', 0):.3f})")
+                   f"(threshold {s.vision_threatening_threshold:.2f})")
     c3.caption(f"Quality: {quality_text(prediction.quality)}")
     if not prediction.gradable:
         st.markdown("No grade is given for an ungradable photo. **Re-image, or refer for a "
                     "standard eye examination.**")
 
 
-def grade_ui(prediction: Prediction) -> None:
+def grade_ui(prediction: Prediction, *, key: str = "") -> None:
     """Grade name and number, confidence, DME statement and the probability chart."""
     if not prediction.gradable:
         st.caption(DME_NOT_ASSESSED)
         return
     g = prediction.grade
     st.markdown(f"#### Suggested grade: {GRADE_NAMES[g]} (ICDR {g})")
-    st.markdown(f"Confidence (probability of this grade): **{prediction.confidence:.0%}**  \n"
+    st.markdown(f"Probability of this grade: **{prediction.confidence:.0%}**  \n"
                 f"{DME_NOT_ASSESSED}")
+    top = max(range(len(prediction.probs)), key=lambda k: prediction.probs[k])
+    if top != g:
+        st.caption(band_note(prediction, top))
     st.plotly_chart(probability_figure(prediction.probs, g), width="stretch",
-                    config={"displayModeBar": False})
+                    config={"displayModeBar": False}, key=f"probs-{key}" if key else None)
+
+
+def band_note(prediction: Prediction, top: int) -> str:
+    """Why the grade is not the single most probable one (the rule is core.grading.decide)."""
+    ref, vt = prediction.referable, prediction.vision_threatening
+    band = [g for g in range(5) if (g >= 2) == ref and (g >= 3) == vt]
+    said = f"The single most probable grade is {top} ({prediction.probs[top]:.0%}). "
+    if top not in band:
+        names = ("3-4 (vision-threatening)" if vt else "2 (referable, not vision-threatening)"
+                 if ref else "0-1 (not referable)")
+        return (said + "At this model's operating thresholds the referable / vision-threatening "
+                f"probabilities put the result in grades {names}; the grade shown is the one "
+                "the model's rule picks inside that band.")
+    expected = sum(g * p for g, p in enumerate(prediction.probs))
+    return (said + "This model grades by cut points on the expected grade (here "
+            f"{expected:.2f}), tuned on its validation data, which give grade "
+            f"{prediction.grade}.")
 
 
 def settings_rows(prediction: Prediction) -> dict[str, str]:
     """What this result records: model, version, preprocessing, thresholds, device, latency."""
+    rows = {"Model": prediction.model, "Version": prediction.version}
     s = prediction.settings
-    pre = s.get("preprocessing", {})
+    if s is None:
+        return {**rows, "Latency (decode to result)": f"{prediction.latency_ms:.0f} ms"}
     return {
-        "Model": prediction.model, "Version": prediction.version,
-        "Bundle key": str(s.get("bundle_key", "")),
-        "Preprocessing": json.dumps(pre, sort_keys=True),
-        "Temperature": str(s.get("temperature")),
-        "Referable threshold": str(s.get("referable_threshold")),
-        "Vision-threatening threshold": str(s.get("vision_threatening_threshold")),
-        "Grade decided by": ("argmax" if not s.get("grade_thresholds") else
-                             f"cut points {s['grade_thresholds']} on the expected grade"),
-        "Test-time augmentation": str(s.get("tta")), "Device": str(s.get("device")),
-        "CPU int8 grading (DR_CPU_INT8)": str(s.get("cpu_int8", False)),
+        **rows, "Bundle key": s.bundle_key,
+        "Preprocessing": json.dumps(dataclasses.asdict(s.preprocessing), sort_keys=True),
+        "Temperature": str(s.temperature),
+        "Referable threshold": str(s.referable_threshold),
+        "Vision-threatening threshold": str(s.vision_threatening_threshold),
+        "Grade decided by": DECIDED_BY + ("the most probable grade in that band" if not
+                                          s.grade_thresholds else
+                                          "cut points " + _cuts(s.grade_thresholds)
+                                          + " on the expected grade, kept inside that band"),
+        "Test-time augmentation": str(s.tta), "Device": s.device,
+        "CPU int8 grading (DR_CPU_INT8)": str(s.cpu_int8),
         "Latency (decode to result)": f"{prediction.latency_ms:.0f} ms",
     }
+
+
+DECIDED_BY = "flags at the operating thresholds, then "
+
+
+def _cuts(cuts) -> str:
+    return "[" + ", ".join(f"{float(c):.3f}" for c in cuts) + "]"
 
 
 def settings_ui(prediction: Prediction) -> None:

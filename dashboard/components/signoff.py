@@ -13,6 +13,8 @@ import streamlit as st
 from core.errors import DRError
 from core.grading import GRADE_NAMES
 from core.predict import Prediction
+from core.store import Store
+from dashboard.components.database import open_store
 
 UNGRADABLE_CHOICE = "Ungradable"
 GRADE_CHOICES = tuple(f"{g} - {name}" for g, name in enumerate(GRADE_NAMES)) + (UNGRADABLE_CHOICE,)
@@ -42,10 +44,13 @@ def validate(prediction: Prediction, decision: str, choice: str, reason: str,
     return SignOffInput("override", final, reason, clinician)
 
 
-def _store():
-    from core.store import Store, default_db_path  # written alongside; imported lazily
-
-    return Store(default_db_path())
+def _store() -> Store:
+    """The server's one Store for this database (shared with the Batch page): reading the
+    earlier sign-offs on every render takes no write lock and opens no new connection."""
+    store = open_store()
+    if isinstance(store, str):
+        raise OSError(store)
+    return store
 
 
 def earlier_signoffs(image_hash: str) -> list | str:

@@ -75,3 +75,17 @@ def photo_inputs_ui(*, key: str, multiple: bool = True) -> list[PhotoInput]:
 def _from_upload(file) -> PhotoInput:
     data = file.getvalue()
     return PhotoInput(file.name, data, image_fingerprint(data))
+
+
+def unique_photos(photos: list[PhotoInput]) -> tuple[list[PhotoInput], list[str]]:
+    """Each photo once (by content): a file added twice would repeat every widget of its card
+    (StreamlitDuplicateElementId). Returns the photos and the names left out."""
+    seen: set[str] = set()
+    kept, repeated = [], []
+    for photo in photos:
+        if photo.fingerprint in seen:
+            repeated.append(photo.name)
+        else:
+            seen.add(photo.fingerprint)
+            kept.append(photo)
+    return kept, repeated

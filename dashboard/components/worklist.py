@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from core.grading import GRADE_NAMES, Urgency, follow_up
+from core.grading import GRADE_NAMES, NOT_FUNDUS_HEADLINE, Urgency, follow_up
 from core.patients import EyeOutcome, ImageItem, PatientOutcome, Worklist
+from core.quality import NOT_FUNDUS
 from core.store import Store
 
 # background, text: vtDR red, referable orange, ungradable purple-grey, mild yellow, none green
@@ -91,7 +92,9 @@ def photos_frame(items: Sequence[ImageItem], store: Store, *,
             "p(referable)": _fraction(r.p_referable if r else None),
             "confidence": _fraction(r.confidence if r else None),
             "needs review": "; ".join(item.review_reasons),
-            "problem": error or (f"duplicate of {f.duplicate_of}" if f.duplicate_of else ""),
+            "problem": error or (NOT_FUNDUS_HEADLINE if r is not None
+                                 and NOT_FUNDUS in r.quality_reasons else "")
+            or (f"duplicate of {f.duplicate_of}" if f.duplicate_of else ""),
             "quality": "" if r is None or r.quality_level is None else r.quality_level,
             "quality notes": ", ".join(r.quality_reasons) if r is not None else "",
         })
@@ -113,7 +116,7 @@ def patient_guidance(p: PatientOutcome, programme: str) -> str:
     """Guideline text for the patient's worst eye; ungradable means re-image or refer."""
     gradable = p.urgency != Urgency.UNGRADABLE and p.grade is not None
     g = follow_up(p.grade if gradable else None, programme, gradable=gradable)
-    return f"{g.category}: {g.action}"
+    return f"{g.category}: {g.action.removeprefix('Guideline: ')}"
 
 
 def patients_frame(patients: Sequence[PatientOutcome], programme: str) -> pd.DataFrame:
@@ -161,7 +164,9 @@ def counts_ui(wl: Worklist) -> None:
         col.metric(short[_BY_LABEL[label]], counts[label], help=label)
     st.caption(f"{counts['files']} photos; {counts['file errors']} unreadable files; "
                f"{counts['duplicates']} duplicates; {counts['needs review']} photos flagged for "
-               "review (low model confidence, or the chosen models disagree on referable).")
+               "review (a probability close to an operating threshold, low confidence in the "
+               "grade, a photo of only usable quality, a model near chance, or the chosen models "
+               "disagree on referable); they sort above the routine results.")
 
 
 def filters_ui(*, key: str) -> Filters:
@@ -200,6 +205,22 @@ def photos_table_ui(items: Sequence[ImageItem], store: Store, *, key: str) -> Im
     return items[rows[0]] if rows and 0 <= rows[0] < len(items) else None
 
 
+TABLE_COLUMNS = {
+    "p(referable)": st.column_config.NumberColumn(format="%.2f", width=90),
+    "urgency": st.column_config.TextColumn(width=230),
+    "right eye": st.column_config.TextColumn(width=230),
+    "left eye": st.column_config.TextColumn(width=230),
+    "eye": st.column_config.TextColumn(width=100),
+    "worst grade": st.column_config.TextColumn(width=150),
+    "photos": st.column_config.NumberColumn(width=60),
+    "unreadable": st.column_config.NumberColumn(width=80),
+    "needs review": st.column_config.TextColumn(width=100),
+    "follow-up guidance": st.column_config.TextColumn(width=520),
+}
+
+
 def table_ui(df: pd.DataFrame, *, key: str) -> None:
+    """Eyes / patients table: fixed widths wide enough for the longest urgency and guidance
+    (stretching squeezed them into "Vision-thr..." and "Moderate NP..."); scrolls sideways."""
     st.dataframe(styled(df), key=key, hide_index=True, width="stretch", placeholder="",
-                 column_config={"p(referable)": st.column_config.NumberColumn(format="%.2f")})
+                 column_config={c: v for c, v in TABLE_COLUMNS.items() if c in df.columns})

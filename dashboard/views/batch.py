@@ -129,7 +129,7 @@ def _resume_ui(info: RunInfo, choice: SourceChoice, pattern: str | None) -> None
 
 
 def _run_demo_notice(info: RunInfo) -> None:
-    demo = [m.get("name", k) for k, m in info.settings.get("models", {}).items() if m.get("demo")]
+    demo = info.run_settings.demo_models()
     if demo:
         st.error(f"**DEMO MODEL** ({', '.join(demo)}). {DEMO_NOTICE}", icon=":material/warning:")
 

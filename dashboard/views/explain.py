@@ -8,12 +8,20 @@ from core.explain import CLASS_AGNOSTIC
 from core.grading import GRADE_NAMES
 from dashboard.components.analysis import analysis_for, explanation_for, load_predictor
 from dashboard.components.bundles import bundle_selector_ui, explain_methods, graders, installed
-from dashboard.components.heatmap import heatmap_caption, opacity_ui, overlay_image, scaled_heatmap
+from dashboard.components.heatmap import (
+    displayed_target,
+    heatmap_caption,
+    opacity_ui,
+    overlay_image,
+    scaled_heatmap,
+    target_caption,
+)
 from dashboard.components.notice import demo_notice_ui, licence_notice_ui, research_notice_ui
 from dashboard.components.result_card import headline
 from dashboard.components.upload import photo_inputs_ui
 
-TARGETS = ("predicted grade", "a chosen grade", "referable (grades 2-4)")
+TARGETS = ("the displayed grade", "another grade (not the displayed one)",
+           "referable (grades 2-4)")
 
 research_notice_ui()
 st.title("Explain a result")
@@ -65,7 +73,7 @@ if not methods:
     st.info("Choose at least one method.")
     st.stop()
 
-target: int | str = {TARGETS[0]: "predicted", TARGETS[1]: int(chosen or 0),
+target: int | str = {TARGETS[0]: displayed_target(pred.grade), TARGETS[1]: int(chosen or 0),
                      TARGETS[2]: "referable"}[target_kind or TARGETS[0]]
 with st.spinner("Computing heatmaps..."):
     results = {m: explanation_for(analysis, m, target) for m in methods}
@@ -88,7 +96,8 @@ for lo in range(0, len(cells), per_row):
                 st.image(overlay_image(analysis.prepared.pre.cropped,
                                        scaled_heatmap(exp, peak), alpha), width="stretch")
                 rel = exp.raw_max / peak if peak else None
-                st.caption(f"Target: {exp.target} - layer `{exp.layer}` - raw peak strength "
+                st.caption(f"{target_caption(exp, pred.grade)} - layer `{exp.layer}` - raw peak "
+                           "strength "
                            f"{exp.raw_max:.3g}"
                            + (f" ({rel:.0%} of the strongest)" if rel is not None else ""))
                 if rel is not None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import streamlit as st
 
 from core.bundle import MODEL_CARD_FILE, Bundle, models_dir
+from core.grading import near_chance
 from dashboard.components.bundles import TIER_NAMES, installed, is_grader
 from dashboard.components.model_card import (
     confusion_figure,
+    cross_validation_rows,
+    grade_rule,
     history_figure,
     metrics_rows,
     read_history,
     reliability_figure,
+    split_of,
 )
 from dashboard.components.notice import demo_notice_ui, licence_notice_ui, research_notice_ui
 
@@ -30,7 +34,8 @@ def _facts(bundle: Bundle) -> None:
     m = bundle.manifest
     arch = m.architecture
     st.table({"": ["Tier", "Architecture", "Input", "Outputs", "Demo model", "Licence",
-                   "Training data", "Base bundle", "Thresholds (referable / VT)", "Temperature"],
+                   "Training data", "Base bundle", "Thresholds (referable / VT)",
+                   "Grade rule", "Temperature"],
               "value": [TIER_NAMES.get(m.tier, m.tier),
                         f"{arch.builder} {arch.kwargs.get('model_name', '')}".strip(),
                         f"{m.preprocessing.input_size} px, Ben Graham "
@@ -42,7 +47,12 @@ def _facts(bundle: Bundle) -> None:
                         m.base_bundle or "none",
                         f"{m.calibration.referable_threshold:.3f} / "
                         f"{m.calibration.vision_threatening_threshold:.3f}",
+                        grade_rule(m.calibration.grade_thresholds),
                         f"{m.calibration.temperature:.3f}"]}, hide_header=True)
+    if is_grader(bundle) and near_chance(m.evaluation):
+        st.warning("Near chance on its own validation data (or no validation metrics): every "
+                   "result of this model is flagged for review, and it never counts towards "
+                   "agreement on the Compare page.", icon=":material/balance:")
 
 
 def _evaluation(bundle: Bundle) -> None:
@@ -50,8 +60,13 @@ def _evaluation(bundle: Bundle) -> None:
     if not ev:
         st.caption("No validation metrics recorded in this bundle.")
         return
-    st.markdown("**Validation metrics**" + (" (on synthetic validation images)"
-                                             if bundle.manifest.demo else ""))
+    cv = cross_validation_rows(ev)
+    if cv:
+        st.markdown("**Headline: patient-disjoint cross-validation of this recipe** (photos used "
+                    "for neither training, epoch choice nor calibration; 95% bootstrap interval)")
+        st.table(cv, hide_index=True)
+    st.markdown(f"**Metrics on the {split_of(ev)}**" + (" (synthetic images)"
+                                                        if bundle.manifest.demo else ""))
     st.table(metrics_rows(ev), hide_index=True)
     cols = st.columns(2)
     if ev.get("confusion_matrix"):

@@ -41,7 +41,7 @@ def test_probabilities_sum_to_one_and_flags_follow_thresholds(bundle):
     assert result.p_referable == pytest.approx(sum(result.probs[2:]))
     assert result.referable == (result.p_referable >= 0.5)
     assert result.confidence == max(result.probs)
-    assert result.settings["referable_threshold"] == 0.5
+    assert result.settings.referable_threshold == 0.5
     assert result.model == "tiny" and result.version == "0.1"
 
 
@@ -77,7 +77,7 @@ def test_rejected_photo_gets_no_grade(bundle, picture):
 def test_tta_runs_and_stays_a_distribution(bundle):
     result = _predictor(bundle, tta=True).predict(fundus_like(4))
     assert sum(result.probs) == pytest.approx(1.0, abs=1e-6)
-    assert result.settings["tta"] is True
+    assert result.settings.tta is True
 
 
 def test_prediction_is_frozen(bundle):
@@ -118,17 +118,22 @@ def test_ordinal_bundle_grades_by_its_cut_points(tmp_path):
     cuts = (0.5, 1.5, 2.5, 3.5)
     ordinal = make_tiny_bundle(tmp_path, "ordinal", calibration=CalibrationSpec(grade_thresholds=cuts))
     assert load_bundle(ordinal.path).manifest.calibration.grade_thresholds == cuts  # round trip
-    always4 = make_tiny_bundle(tmp_path, "always4",
-                               calibration=CalibrationSpec(grade_thresholds=(-4, -3, -2, -1)))
+    always4 = make_tiny_bundle(tmp_path, "always4", calibration=CalibrationSpec(
+        grade_thresholds=(-4, -3, -2, -1), referable_threshold=0.0,
+        vision_threatening_threshold=0.0))
     photos = [fundus_like(s) for s in range(4)]
     a = Predictor(plain, "cpu", cache=ModelCache()).predict_batch(photos)
     b = Predictor(ordinal, "cpu", cache=ModelCache()).predict_batch(photos)
     c = Predictor(always4, "cpu", cache=ModelCache()).predict_batch(photos)
     for x, y, z in zip(a, b, c, strict=True):
         assert x.probs == y.probs == z.probs  # same weights: only the decision differs
-        assert x.grade == int(np.argmax(x.probs))
+        # flags at the operating thresholds first, then the grade they allow (core.grading)
+        band = [g for g in range(5) if (g >= 2) == x.referable and (g >= 3) == x.vision_threatening]
+        assert x.grade == max(band, key=lambda g: x.probs[g])
         expected = sum(g * p for g, p in enumerate(y.probs))
-        assert y.grade == sum(expected >= t for t in cuts) == decide_grade(y.probs, cuts)
+        cut_grade = sum(expected >= t for t in cuts)
+        assert cut_grade == decide_grade(y.probs, cuts)
+        assert y.grade == min(max(cut_grade, band[0]), band[-1])
         assert z.grade == 4 and z.confidence == pytest.approx(z.probs[4])
     with pytest.raises(ValueError, match="sorted cut points"):
         decide_grade((0.2,) * 5, (1.0, 0.5, 2.0, 3.0))

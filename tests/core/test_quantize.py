@@ -41,8 +41,8 @@ def test_int8_predictor_agrees_with_fp32_and_says_so(vit_bundle) -> None:
     a = [p.probs for p in fp32.predict_batch(items)]
     b = [p.probs for p in int8.predict_batch(items)]
     assert np.abs(np.array(a) - np.array(b)).max() < 0.02
-    assert int8.predict(items[0]).settings["cpu_int8"] is True
-    assert fp32.predict(items[0]).settings["cpu_int8"] is False
+    assert int8.predict(items[0]).settings.cpu_int8 is True
+    assert fp32.predict(items[0]).settings.cpu_int8 is False
     # the heatmap comes from the fp32 model: identical to the fp32 predictor's
     prepared = int8.prepare(items[1])
     e8, e32 = int8.explain(prepared, method="gradcam"), fp32.explain(prepared, method="gradcam")
@@ -66,4 +66,4 @@ def test_int8_not_used_for_cnn_or_lora(tmp_path, monkeypatch) -> None:
     assert Predictor(base, "cpu", cache=ModelCache()).int8
     for bundle in (cnn, lora):
         p = Predictor(bundle, "cpu", cache=ModelCache())
-        assert not p.int8 and p.grader is p.loaded
+        assert not p.int8 and p.grader.module is p.loaded.module

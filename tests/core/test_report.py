@@ -109,3 +109,21 @@ def test_patient_pdf_with_thumbnails_and_heatmap(run, tmp_path):
 
 def test_latin1_sanitises():
     assert latin1("a \u2013 b \u2265 2 \u4e2d") == "a - b >= 2 ?"
+
+
+def test_pdf_prints_thresholds_rounded(tmp_path):
+    """Issue 12: the run PDF printed thresholds to 16 decimals."""
+    store = Store(tmp_path / "db.sqlite")
+    settings = {"models": {KEY: {"name": "demo", "version": "1.0", "demo": True,
+                                 "referable_threshold": 0.3197886509675258,
+                                 "vision_threatening_threshold": 0.10841207030126125,
+                                 "grade_thresholds": [0.5614323500852625, 1.1755168507880023,
+                                                      2.8020905402426566, 2.874801938029009]}}}
+    run_id = store.create_run("clinic", [KEY], settings)
+    f = FileRow(run_id, "1_left.jpg", "h1", "1", "left", 1)
+    store.add_batch([f], [_result(f, 2, 0.5, 3)])
+    _, text = _pdf_text(pdf_report(store, run_id, tmp_path / "r.pdf"))
+    text = " ".join(text.split())
+    assert "referable threshold 0.320, vtDR threshold 0.108" in text
+    assert "grade cut points 0.561, 1.176, 2.802, 2.875" in text
+    assert "0.31978" not in text and "0.5614323" not in text

@@ -4,6 +4,7 @@ two processes on one database, zips and roots."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import random
@@ -105,13 +106,29 @@ def test_worklist_order_and_patient_rules():
 
 def test_review_flags_low_confidence_and_disagreement():
     f1, f2 = _file("x.jpg", "X", "left", "h1"), _file("y.jpg", "Y", "left", "h2")
-    rows = [_res(f1, 2, 0.7, conf=0.4), _res(f2, 1, 0.3),
-            _res(f2, 2, 0.6, key="other@1#b")]
+    decided = ("low confidence in the grade (0.40 < 0.60)",)  # stored with the decision
+    rows = [dataclasses.replace(_res(f1, 2, 0.7, conf=0.4), review_reasons=decided),
+            _res(f2, 1, 0.3), _res(f2, 2, 0.6, key="other@1#b")]
     items = {i.file.file: i for i in build_worklist([f1, f2], rows, ["m@1#a", "other@1#b"],
                                                     review_below=0.6).images}
-    assert items["x.jpg"].review_reasons == ("low confidence (0.40 < 0.60)",)
+    assert items["x.jpg"].review_reasons == decided
     assert items["y.jpg"].review_reasons == ("models disagree on referable",)
     assert items["y.jpg"].primary.bundle_key == "m@1#a" and len(items["y.jpg"].others) == 1
+    # a caller's own cut-off replaces the decision's
+    stricter = {i.file.file: i for i in build_worklist([f1], rows[:1], ["m@1#a"],
+                                                       review_below=0.3).images}
+    assert stricter["x.jpg"].review_reasons == ()
+    looser = build_worklist([f1], [_res(f1, 2, 0.7, conf=0.7)], ["m@1#a"], review_below=0.8)
+    assert looser.images[0].review_reasons == ("low confidence in the grade (0.70 < 0.80)",)
+
+
+def test_needs_review_sorts_above_routine_results():
+    f = [_file(f"{n}.jpg", n, "left", f"h{n}") for n in ("a", "b", "c", "d")]
+    rows = [_res(f[0], 0, 0.1), _res(f[1], 1, 0.2),
+            dataclasses.replace(_res(f[2], 0, 0.05), review_reasons=("photo quality only usable",)),
+            _res(f[3], None, None, gradable=False)]
+    order = [i.file.file for i in build_worklist(f, rows, ["m@1#a"]).images]
+    assert order == ["d.jpg", "c.jpg", "b.jpg", "a.jpg"]  # ungradable > review > mild > none
 
 
 def test_duplicate_shares_results():

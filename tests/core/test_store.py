@@ -77,9 +77,9 @@ def test_signoffs_and_append_only_audit(tmp_path):
     assert len(store.signoffs()) == 2
     for table in ("audit", "signoffs"):
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            store._conn().execute(f"UPDATE {table} SET created_at='x'")
+            store._rows(f"UPDATE {table} SET created_at='x'")
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            store._conn().execute(f"DELETE FROM {table}")
+            store._rows(f"DELETE FROM {table}")
     assert [a.event for a in store.audit_log()] == ["signoff", "signoff"]
     with pytest.raises(ConfigError):
         store.add_signoff(image_hash="a", image_name="n", model="m", version="1",
@@ -148,7 +148,7 @@ def test_running_runs_report_their_last_activity(tmp_path):
     files, results = _rows(run_id, 3)
     store.add_batch(files, results)
     info = store.run(run_id)
-    newest = max(r[0] for r in store._conn().execute(
+    newest = max(r[0] for r in store._rows(
         "SELECT created_at FROM run_files WHERE run_id=?", (run_id,)))
     assert info.last_activity >= newest >= started.created_at  # audit rows may be a ms later
     assert datetime.fromisoformat(info.last_activity) <= datetime.now(timezone.utc)

@@ -52,3 +52,31 @@ def test_replacement_workers_start_without_the_page_script(main_script):
     with _BareMainPool(1, maxtasksperchild=1, context=mp.get_context("spawn")) as pool:
         pids = {pool.apply_async(os.getpid).get(timeout=60) for _ in range(3)}
     assert len(pids) == 3 and not marker.exists()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_pool_works_under_python_dash_m(method):
+    """`python -m core.screening` crashed (PicklingError on __main__._init_worker) with the
+    default workers: a bare `__main__` hid the functions and classes the module defines."""
+    import subprocess
+    from pathlib import Path
+
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"{method} is not available on this platform")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "tests.core._pool_main", method], cwd=root,
+                          capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"ok {method}" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_pool_works_from_a_plain_import(method):
+    """The library use: task functions in an importable module, any start method."""
+    from tests.core import _pool_main
+
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"{method} is not available on this platform")
+    assert _pool_main.main(method) == 0

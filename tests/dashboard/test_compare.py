@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from core.grading import NOT_FUNDUS_HEADLINE
 from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE
-from dashboard.components.compare_table import DISAGREE
+from dashboard.components.compare_table import DISAGREE, TOO_FEW
 from tests.dashboard.pages_support import (
     VIEWS,
     all_text,
@@ -41,9 +42,13 @@ def test_every_grader_gets_a_row(app):
     assert table["p_referable"].between(0, 1).all()
     assert len(app.get("plotly_chart")) == 3
     assert len(app.get("image")) == 4  # the un-annotated photo + one heatmap per bundle
-    refs = set(table["referable"])
-    assert (DISAGREE in all_text(app)) == (len(refs) > 1)
-    assert ("models agree on the referable decision" in all_text(app)) == (len(refs) == 1)
+    # the tiny bundles are demo models or have no validation metrics: none of them gets a vote
+    assert set(table["counted for agreement"]) == {
+        "no - demo model", "no - no validation metrics"}
+    assert DISAGREE not in all_text(app)
+    assert "models agree on the referable decision" not in all_text(app)
+    assert TOO_FEW in all_text(app)
+    assert not app.success
 
 
 def test_disagreement_rule():
@@ -51,9 +56,13 @@ def test_disagreement_rule():
 
     from dashboard.components.compare_table import referable_agreement, referable_disagreement
 
-    def a(ref, gradable=True):
+    good = {"referable": {"auroc": 0.95}, "kappa_quadratic": 0.8}
+    chance = {"referable": {"auroc": 0.607}, "kappa_quadratic": 0.04}
+
+    def a(ref, gradable=True, evaluation=good, demo=False):
         pred = SimpleNamespace(referable=ref, gradable=gradable)
-        return SimpleNamespace(ok=True, prediction=pred)
+        bundle = SimpleNamespace(manifest=SimpleNamespace(demo=demo, evaluation=evaluation))
+        return SimpleNamespace(ok=True, prediction=pred, bundle=bundle)
 
     assert referable_disagreement([a(True), a(False)])
     assert not referable_disagreement([a(True), a(True)])
@@ -63,6 +72,11 @@ def test_disagreement_rule():
     assert referable_agreement([a(False), a(False)]) == "not referable"
     assert referable_agreement([a(True), a(False)]) is None
     assert referable_agreement([a(True), a(None, gradable=False)]) is None  # not all graded
+    # issue 12: near-chance and demo tiers never count, and one counted tier is not agreement
+    assert referable_agreement([a(True), a(True, evaluation=chance), a(True, demo=True)]) is None
+    assert referable_agreement([a(True), a(True), a(False, evaluation=chance)]) == "referable"
+    assert not referable_disagreement([a(True), a(False, evaluation=chance)])
+    assert not referable_disagreement([a(True), a(False, demo=True)])
 
 
 def test_ungradable_photo_is_reported_per_bundle(app):
@@ -70,7 +84,7 @@ def test_ungradable_photo_is_reported_per_bundle(app):
     app.run()
     assert not app.exception
     table = _table(app)
-    assert set(table["result"]) == {"Ungradable - re-image or refer"}
+    assert set(table["result"]) == {NOT_FUNDUS_HEADLINE}  # a grey frame: a wrong upload
     assert DISAGREE not in all_text(app)
 
 
@@ -79,3 +93,54 @@ def test_corrupt_file_is_an_error_row_not_a_crash(app):
     app.run()
     assert not app.exception
     assert all(r.startswith("error:") for r in _table(app)["result"])
+
+
+GOOD = {"referable": {"auroc": 0.95}, "kappa_quadratic": 0.8}
+CHANCE = {"referable": {"auroc": 0.607}, "kappa_quadratic": 0.04}
+
+
+def _tiers(root, spec):
+    """Tiny non-demo CNN bundles: (name, evaluation, referable threshold) each."""
+    from core.manifest import CalibrationSpec
+    from tests.helpers import make_tiny_bundle
+
+    for i, (name, evaluation, t_ref) in enumerate(spec):
+        make_tiny_bundle(root, name, seed=i, demo=False, evaluation=evaluation,
+                         calibration=CalibrationSpec(referable_threshold=t_ref,
+                                                     vision_threatening_threshold=1.0))
+    return root
+
+
+def _compare(root, tmp_path, monkeypatch):
+    at = start_page(PAGE, root, tmp_path, monkeypatch)
+    at.file_uploader(key="compare-upload").set_value(("eye.png", fundus_png(1), "image/png"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_near_chance_tiers_never_make_a_green_agreement(tmp_path, monkeypatch):
+    """Issue 12: one validated tier and two near-chance ones whose 'referable' turns on a coin
+    flip: the page must not print a green 'the models agree'."""
+    root = _tiers(tmp_path / "models", [("valid", GOOD, 0.0), ("coin-a", CHANCE, 0.0),
+                                        ("coin-b", CHANCE, 0.0)])
+    at = _compare(root, tmp_path, monkeypatch)
+    assert not at.success  # all three say "referable", but only one of them has a vote
+    assert TOO_FEW in all_text(at)
+    table = _table(at)
+    counted = dict(zip(table["bundle"], table["counted for agreement"], strict=True))
+    assert counted["valid 0.1"] == "yes"
+    assert counted["coin-a 0.1"] == "no - near chance on its validation data (AUROC 0.61 < 0.70)"
+    assert "not counted for agreement: near chance" in all_text(at)
+    # the near-chance results themselves are flagged for review
+    review = dict(zip(table["bundle"], table["needs review"], strict=True))
+    assert "model near chance on its own validation data" in review["coin-b 0.1"]
+
+
+def test_two_validated_tiers_that_agree_get_the_green_box(tmp_path, monkeypatch):
+    root = _tiers(tmp_path / "models", [("valid-a", GOOD, 0.0), ("valid-b", GOOD, 0.0),
+                                        ("coin", CHANCE, 1.01)])
+    at = _compare(root, tmp_path, monkeypatch)
+    assert [s.value for s in at.success] == [
+        "The 2 validated models agree on the referable decision: referable."]
+    assert DISAGREE not in all_text(at)  # the near-chance "not referable" is not a dissent

@@ -11,12 +11,16 @@ import torch
 from core.explain import Explanation
 from core.preprocessing import PreprocessSpec
 from core.quality import QualityReport
+from core.records import PredictionSettings
 from dashboard.components.bundles import bundle_label, format_params, graders
 from dashboard.components.heatmap import model_input_rgb, scaled_heatmap
 from dashboard.components.probability_chart import probability_figure
 from dashboard.components.result_card import headline, settings_rows
 from dashboard.components.signoff import validate
 from dashboard.components.upload import DEGRADED, SAMPLES, sample_bytes
+
+SETTINGS = PredictionSettings(PreprocessSpec(input_size=64), 1.0, 0.3, 0.5, None, False, "cpu",
+                              "m@1#abc")
 
 
 def _prediction(grade, referable=None, vt=None):
@@ -26,7 +30,7 @@ def _prediction(grade, referable=None, vt=None):
     probs = None if grade is None else tuple(0.8 if g == grade else 0.05 for g in range(5))
     return Prediction(grade, probs, None, None, referable, vt, None,
                       QualityReport(level, (), {}), "m", "1", 12.0,
-                      settings={"preprocessing": {"input_size": 64}, "referable_threshold": 0.3})
+                      settings=SETTINGS)
 
 
 def test_model_input_is_denormalised_exactly():
@@ -57,11 +61,11 @@ def test_settings_rows_record_model_and_thresholds():
     rows = settings_rows(_prediction(2, True, False))
     assert rows["Model"] == "m" and rows["Version"] == "1"
     assert rows["Referable threshold"] == "0.3" and '"input_size": 64' in rows["Preprocessing"]
-    assert rows["Grade decided by"] == "argmax"
-    ordinal = dataclasses.replace(_prediction(2, True, False), settings={
-        **_prediction(2, True, False).settings, "grade_thresholds": [0.5, 1.2, 2.8, 2.9]})
-    assert settings_rows(ordinal)["Grade decided by"] == \
-        "cut points [0.5, 1.2, 2.8, 2.9] on the expected grade"
+    assert rows["Grade decided by"].endswith("then the most probable grade in that band")
+    ordinal = dataclasses.replace(_prediction(2, True, False), settings=dataclasses.replace(
+        SETTINGS, grade_thresholds=(0.5, 1.2, 2.8, 2.9)))
+    assert "cut points [0.500, 1.200, 2.800, 2.900] on the expected grade" in \
+        settings_rows(ordinal)["Grade decided by"]
 
 
 def test_signoff_validation():
@@ -121,3 +125,20 @@ def test_near_chance_bundles_are_flagged(tmp_path, monkeypatch):
     warnings = [w.value for w in at.warning]
     assert any("weak (validation kappa 0.04)" in w for w in warnings)
     assert not any("fine" in w for w in warnings)
+
+
+def test_the_default_grader_is_a_measured_model_trained_on_real_photos(tmp_path):
+    from core.bundle import discover_bundles
+    from dashboard.components.bundles import graders
+    from tests.helpers import make_tiny_bundle
+
+    measured = {"referable": {"auroc": 0.86}, "kappa_quadratic": 0.5}
+    make_tiny_bundle(tmp_path, "a-demo", evaluation=measured)  # demo: never the default
+    make_tiny_bundle(tmp_path, "b-unmeasured", demo=False)  # no figures: not the default
+    make_tiny_bundle(tmp_path, "c-chance", demo=False,
+                     evaluation={"referable": {"auroc": 0.52}, "kappa_quadratic": 0.03})
+    make_tiny_bundle(tmp_path, "z-real", demo=False, evaluation=measured)
+    make_tiny_bundle(tmp_path, "y-real-weak", demo=False,
+                     evaluation={"referable": {"auroc": 0.6}, "kappa_quadratic": 0.1})
+    names = [b.name for b in graders(discover_bundles(tmp_path))]
+    assert names == ["z-real", "c-chance", "y-real-weak", "a-demo", "b-unmeasured"]

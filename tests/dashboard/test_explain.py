@@ -64,11 +64,15 @@ def test_several_methods_side_by_side_with_strength(app):
 def test_targets_chosen_grade_and_referable(app):
     _upload(app, fundus_png(2))
     app.multiselect(key="explain-methods").set_value(["gradcam"]).run()
-    app.radio(key="explain-target").set_value("a chosen grade").run()
+    # by default the map explains the grade on the card (issue 12)
+    assert any("gradcam: explains the displayed grade" in c for c in texts(app, "caption"))
+    app.radio(key="explain-target").set_value("another grade (not the displayed one)").run()
     app.selectbox(key="explain-grade").set_value(4).run()
-    assert any("Target: grade 4" in c for c in texts(app, "caption"))
+    assert any("explains grade 4 (PDR) - NOT the displayed grade" in c
+               or "explains the displayed grade 4" in c for c in texts(app, "caption"))
     app.radio(key="explain-target").set_value("referable (grades 2-4)").run()
-    assert any("Target: referable" in c for c in texts(app, "caption"))
+    assert any("gradcam: referable (grades 2-4) (not a single grade)" in c
+               for c in texts(app, "caption"))
     assert not app.exception
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.grading import DME_NOT_ASSESSED, PROGRAMMES, Urgency
+from core.grading import DME_NOT_ASSESSED, NOT_FUNDUS_HEADLINE, PROGRAMMES, Urgency
 from core.wording import DEMO_NOTICE, HEATMAP_CAPTION, RESEARCH_USE_NOTICE
 from tests.dashboard.pages_support import (
     REPO,
@@ -68,18 +68,63 @@ def test_corrupt_file_shows_message_and_next_upload_grades(app):
     metrics = [(m.label, m.value) for m in app.metric]
     assert ("Gradable", "YES") in metrics
     assert any("broken.jpg" in e for e in texts(app, "error"))  # the bad one still explained
-    assert "Could not read the file" in str(app.dataframe[0].value)  # the summary lists both
+    assert "Could not read the file" in set(app.dataframe[0].value["result"])  # lists both
 
 
 @pytest.mark.parametrize("name,data", [("grey.png", grey_png()), ("noise.png", noise_png())])
-def test_non_fundus_picture_is_ungradable_never_graded(app, name, data):
+def test_non_fundus_picture_is_called_that_never_graded(app, name, data):
     _upload(app, (name, data, "image/png"))
     text = all_text(app)
-    assert Urgency.UNGRADABLE.label in text
-    assert {m.label: m.value for m in app.metric}["Gradable"] == "NO"
-    assert "Suggested grade" not in text
-    assert "not a fundus photograph" in text or "no fundus field found" in text
-    assert len(app.get("plotly_chart")) == 0  # no probabilities for an ungradable photo
+    assert NOT_FUNDUS_HEADLINE in texts(app, "error")[-1]
+    assert Urgency.UNGRADABLE.label not in text  # not "an ungradable fundus": a wrong upload
+    assert "Suggested grade" not in text and "Gradable" not in {m.label for m in app.metric}
+    assert len(app.get("plotly_chart")) == 0  # no probabilities
+    assert not any(r.key and r.key.startswith("decision-") for r in app.radio)  # no "accept"
+
+
+def test_non_fundus_signoff_records_a_wrong_upload(app, tmp_path):
+    from core.images import image_fingerprint
+    from core.store import Store
+    from dashboard.components.wrong_upload import WRONG_UPLOAD_REASON
+
+    _upload(app, ("selfie.png", noise_png(seed=3), "image/png"))
+    key = next(t.key for t in app.text_input if t.key.startswith("wrong-clinician-"))
+    app.text_input(key=key).set_value("Dr Test")
+    app.button[0].click().run()
+    assert not app.exception
+    assert any("Recorded" in s for s in texts(app, "success")), all_text(app)
+    rows = Store(tmp_path / "signoffs.db").signoffs(image_hash=image_fingerprint(
+        noise_png(seed=3)))
+    assert [(r.decision, r.predicted_grade, r.final_grade, r.reason) for r in rows] == [
+        ("override", None, None, WRONG_UPLOAD_REASON)]
+
+
+def test_an_ungradable_fundus_is_not_called_a_wrong_upload(app):
+    from dashboard.components.upload import DEGRADED
+
+    app.selectbox(key="grade-sample").set_value(DEGRADED).run()
+    assert Urgency.UNGRADABLE.label in all_text(app)
+    assert NOT_FUNDUS_HEADLINE not in all_text(app)
+
+
+def test_same_file_uploaded_twice_is_shown_once(app):
+    """Issue 12: a file already in the list crashed the page (StreamlitDuplicateElementId)."""
+    _upload(app, ("eye.png", fundus_png(1), "image/png"), ("eye.png", fundus_png(1), "image/png"),
+            ("copy.png", fundus_png(1), "image/png"))
+    assert [h.value for h in app.subheader] == ["eye.png"]
+    assert "Already in the list, shown once: eye.png, copy.png." in all_text(app)
+    assert len(app.get("plotly_chart")) == 1
+
+
+def test_heatmap_explains_the_displayed_grade(app):
+    _upload(app, ("eye.png", fundus_png(6), "image/png"))
+    grade = next(int(m.value.split("(ICDR ")[1][0]) for m in app.markdown
+                 if "Suggested grade:" in m.value)
+    target = next(s for s in app.selectbox if s.key.startswith("target-"))
+    assert target.value == grade
+    caption = next(im.caption for i in app.get("image") for im in i.proto.imgs
+                   if "Heatmap" in im.caption)
+    assert f"explains the displayed grade {grade}" in caption
 
 
 def test_programme_switch_shows_uk_mapping_caveat(app):
@@ -172,8 +217,9 @@ def test_real_photos_graded_and_non_fundus_never_graded(app, fundus_samples_dir)
     _upload(app, *[(name, data, "application/octet-stream") for name, data in files.items()])
     summary = app.dataframe[0].value
     results = dict(zip(summary["photo"], summary["result"], strict=True))
-    assert results["800px-Eye_disease_simulation__normal_vision.jpg"] == Urgency.UNGRADABLE.label
-    assert results["LoadedImage.png"] == Urgency.UNGRADABLE.label
+    not_graded = {Urgency.UNGRADABLE.label, NOT_FUNDUS_HEADLINE}
+    assert results["800px-Eye_disease_simulation__normal_vision.jpg"] in not_graded
+    assert results["LoadedImage.png"] in not_graded
     assert results["687_right.jpeg"] != Urgency.UNGRADABLE.label
     assert results["22_training.tif"] != Urgency.UNGRADABLE.label
 

@@ -71,7 +71,7 @@ def test_empty_models_folder(tmp_path, monkeypatch):
 def test_metric_rows_flatten_nested_metrics():
     rows = {r["metric"]: r["value"] for r in metrics_rows(EVALUATION)}
     assert rows["referable DR: sensitivity"] == "0.900"
-    assert rows["validation images"] == "50"
+    assert rows["photos"] == "50"
     assert "confusion_matrix" not in rows and "reliability" not in rows
 
 
@@ -81,3 +81,32 @@ def test_figures_carry_the_numbers(tmp_path):
     rel = reliability_figure(EVALUATION["reliability"])
     assert list(rel.data[1].x) == [0.4]  # the empty bin is left out
     assert read_history(None) == [] and read_history(str(tmp_path)) == []
+
+
+def test_cross_validation_headline_and_split_names():
+    from dashboard.components.model_card import cross_validation_rows, split_of
+
+    ev = dict(EVALUATION, split="calibration", selection=dict(EVALUATION), cross_validation={
+        "results": {"lite0, out-of-fold": {
+            "n_photos": 395, "referable_auroc": {"value": 0.8, "ci95": [0.74, 0.85]},
+            "kappa_quadratic": {"value": 0.3, "ci95": [0.2, 0.4]},
+            "sensitivity": {"value": 0.9, "ci95": None}, "specificity": {"value": None}}}})
+    (row,) = cross_validation_rows(ev)
+    assert row["referable AUROC"] == "0.800 (0.740-0.850)"
+    assert row["sensitivity"] == "0.900" and row["specificity"] == "n/a"
+    assert "calibration split" in split_of(ev) and split_of(EVALUATION) == "validation split"
+    names = {r["metric"] for r in metrics_rows(ev)}
+    assert not any(n.startswith(("selection", "cross_validation", "split")) for n in names)
+
+
+def test_grade_rule_and_cut_points_are_worded_not_raw_keys():
+    """Issue 12: the Models page showed a raw `ordinal_thresholds` key."""
+    from dashboard.components.model_card import grade_rule
+
+    rows = {r["metric"]: r["value"] for r in metrics_rows(
+        {"ordinal_thresholds": [0.5614323500852625, 1.17, 2.8, 2.87]})}
+    assert rows == {"grade cut points on the expected grade (ordinal rule)":
+                    "0.561, 1.170, 2.800, 2.870"}
+    assert grade_rule(None).endswith("the most probable grade they allow")
+    assert "cut points 0.561, 1.170, 2.800, 2.870" in grade_rule([0.5614323500852625, 1.17,
+                                                                   2.8, 2.87])

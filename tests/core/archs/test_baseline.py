@@ -58,5 +58,5 @@ def test_from_config_rejects_unknown_keys():
     model = DRClassifier.from_config({"model_name": "resnet10t", "pretrained": False,
                                       "num_classes": 3})
     assert model.classifier.out_features == 3
-    with pytest.raises(ConfigError, match="dropout"):
-        DRClassifier.from_config({"model_name": "resnet10t", "dropout": 0.1})
+    with pytest.raises(ConfigError, match="dropout_prob"):
+        DRClassifier.from_config({"model_name": "resnet10t", "dropout_prob": 0.1})

@@ -1,0 +1,133 @@
+"""The splits of one run and the figures measured on each.
+
+A run may hold up to four patient-disjoint parts of its data:
+- train: what the weights learn from;
+- selection: chooses the epoch (early stopping);
+- calibration: temperature, operating thresholds and ordinal cut points are fitted here, so the
+  selection split's figures are not tuned on (with `data.calibration_fraction` = 0 the
+  selection split doubles as the calibration split, as runs did before this split existed);
+- test (cross-validation runs, `data.cv_fold`): used for neither; its figures are the honest ones.
+
+Every figure in a bundle's evaluation says which of these it was measured on.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from core.manifest import CalibrationSpec
+from training.calibration import apply_temperature
+from training.config import TrainConfig
+from training.data import CachedFundusDataset
+from training.datasets import LabelledImage, split_cv_fold, three_way_split
+from training.metrics import evaluate
+
+SPLIT_NOTES = {
+    "calibration": "calibration split: temperature, thresholds and cut points were fitted on "
+                   "it, so sensitivity / specificity here are optimistic by construction",
+    "selection": "selection split: chose the epoch; not used to fit thresholds",
+    "test": "held-out cross-validation fold: used for neither training, epoch choice nor "
+            "calibration",
+}
+
+
+@dataclass
+class Splits:
+    train: list[LabelledImage]
+    selection: list[LabelledImage]
+    calibration: list[LabelledImage]
+    test: list[LabelledImage] = field(default_factory=list)
+
+    @property
+    def separate_calibration(self) -> bool:
+        return self.calibration is not self.selection
+
+    def summary(self) -> dict[str, int]:
+        out = {"train": len(self.train), "val": len(self.selection)}
+        if self.separate_calibration:
+            out["calibration"] = len(self.calibration)
+        if self.test:
+            out["test"] = len(self.test)
+        return out
+
+
+def make_splits(cfg: TrainConfig, usable: list[LabelledImage]) -> Splits:
+    """Patient-disjoint train / selection / calibration (/ test for a CV fold)."""
+    data = cfg.data
+    test: list[LabelledImage] = []
+    if data.cv_fold is not None:
+        usable, test = split_cv_fold(usable, data.cv_folds, data.cv_fold, cfg.seed)
+    train, selection, calibration = three_way_split(usable, data.val_fraction,
+                                                    data.calibration_fraction, cfg.seed)
+    return Splits(train, selection, calibration, test)
+
+
+def _loader(cfg: TrainConfig, cache_folder: Path, records: list[LabelledImage],
+            rows: dict[str, int]) -> DataLoader:
+    dataset = CachedFundusDataset(cache_folder, [rows[r.id] for r in records],
+                                  [r.grade for r in records], cfg.preprocessing, train=False,
+                                  seed=cfg.seed)
+    return DataLoader(dataset, batch_size=cfg.optim.batch_size * 2, shuffle=False, num_workers=0)
+
+
+def score_splits(trainer, loaders, splits: Splits, cache_folder: Path,
+                 rows: dict[str, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(grades, logits) of the best epoch on every evaluation split."""
+    scored = {"selection": (loaders.val_grades, trainer.predict_logits(loaders.val))}
+    scored["calibration"] = scored["selection"]
+    if splits.separate_calibration:
+        loader = _loader(trainer.cfg, cache_folder, splits.calibration, rows)
+        scored["calibration"] = (np.asarray([r.grade for r in splits.calibration]),
+                                 trainer.predict_logits(loader))
+    if splits.test:
+        loader = _loader(trainer.cfg, cache_folder, splits.test, rows)
+        scored["test"] = (np.asarray([r.grade for r in splits.test]),
+                          trainer.predict_logits(loader))
+    return scored
+
+
+def calibrated_metrics(y: np.ndarray, logits: np.ndarray,
+                       calibration: CalibrationSpec) -> dict[str, Any]:
+    """training.metrics.evaluate at the bundle's own temperature, thresholds and cut points."""
+    probs = apply_temperature(logits, calibration.temperature)
+    return evaluate(y, probs, referable_threshold=calibration.referable_threshold,
+                    vision_threatening_threshold=calibration.vision_threatening_threshold,
+                    grade_thresholds=calibration.grade_thresholds)
+
+
+def held_out_metrics(cfg: TrainConfig, splits: Splits, scored: dict,
+                     calibration: CalibrationSpec, run_dir: Path) -> dict[str, Any]:
+    """Figures on the splits calibration did not see, each labelled with its split; the test
+    fold's calibrated predictions go to test_predictions.csv for cross-validation."""
+    out: dict[str, Any] = {"split": "calibration" if splits.separate_calibration else "selection",
+                           "split_notes": dict(SPLIT_NOTES)}
+    if splits.separate_calibration:
+        out["selection"] = calibrated_metrics(*scored["selection"], calibration)
+    if "test" in scored:
+        out["test"] = calibrated_metrics(*scored["test"], calibration)
+        write_predictions(run_dir / "test_predictions.csv", splits.test,
+                          apply_temperature(scored["test"][1], calibration.temperature),
+                          calibration, cfg.data.cv_fold)
+    return out
+
+
+def write_predictions(path: Path, records: list[LabelledImage], probs: np.ndarray,
+                      calibration: CalibrationSpec, fold: int | None) -> None:
+    """One row per photo: calibrated probabilities and the fold's own operating rule."""
+    cuts = calibration.grade_thresholds
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "patient", "grade", "fold", "p0", "p1", "p2", "p3", "p4",
+                         "referable_threshold", "vision_threatening_threshold", "grade_cuts"])
+        for record, p in zip(records, probs, strict=True):
+            writer.writerow([record.id, record.patient, record.grade, fold,
+                             *[f"{v:.6f}" for v in p],
+                             f"{calibration.referable_threshold:.6f}",
+                             f"{calibration.vision_threatening_threshold:.6f}",
+                             " ".join(f"{c:.6f}" for c in cuts) if cuts else ""])
