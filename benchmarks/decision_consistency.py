@@ -1,7 +1,7 @@
 """Issue 12 check: one coherent decision per photo, and a heatmap of the grade on the card.
 
     python -m benchmarks.decision_consistency [--n 100] [--seed 120000] [--samples DIR]
-                                              [--models DIR] [--no-heatmaps]
+                                              [--models DIR] [--bundle NAME] [--no-heatmaps]
 
 For every grading bundle in the models folder (demo or not, including any bundle added since),
 fresh synthetic photos (n, equal per grade, seeds the demo models never saw) and the labelled
@@ -141,10 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=Path, default=SAMPLES)
     ap.add_argument("--models", default=None, help="models folder (default: DR_MODELS_DIR or "
                                                    "models/)")
+    ap.add_argument("--bundle", action="append", default=[],
+                    help="only this bundle (folder name; repeatable)")
     ap.add_argument("--no-heatmaps", action="store_true")
     args = ap.parse_args(argv)
     bundles = [b for b in discover_bundles(args.models).bundles
-               if "icdr_grade" in b.manifest.outputs]
+               if "icdr_grade" in b.manifest.outputs
+               and (not args.bundle or b.path.name in args.bundle)]
     print(f"{args.n} synthetic photos (seeds {args.seed}-{args.seed + args.n - 1}) + labelled "
           f"photos of {args.samples} per bundle\n")
     print("| bundle | photos | gradable | contradictions | heatmap != card grade | needs review "

@@ -221,8 +221,9 @@ def attach_to_bundle(bundle_path: Path, summary: dict[str, Any], table_text: str
     manifest = replace(bundle.manifest, evaluation=evaluation)
     card = (bundle_path / "MODEL_CARD.md").read_text(encoding="utf-8")
     head, sep, rest = card.partition("## Metrics of the best epoch")
-    cv = ("## Headline: cross-validation of this recipe on photos used for neither training, "
-          "epoch choice nor calibration\n\n" + table_text + "\n")
+    body = table_text.split("\n", 1)[1].lstrip()  # the report's own "# ..." title line goes
+    cv = ("## Headline: 5-fold cross-validation of this recipe on photos used for neither "
+          "training, epoch choice nor calibration\n\n" + body + "\n")
     finalize_bundle(bundle_path, manifest, head + cv + sep + rest)
 
 

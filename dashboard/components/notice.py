@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import streamlit as st
 
 from core.bundle import Bundle
+from core.grading import headline_figures, near_chance
 from core.wording import (
     DEMO_NOTICE,
     RESEARCH_USE_NOTICE,
@@ -19,7 +20,6 @@ def research_notice_ui() -> None:
     st.warning(RESEARCH_USE_NOTICE, icon=":material/science:")
 
 
-NEAR_CHANCE_QWK = 0.2  # below this validation kappa a model's grades are close to guessing
 
 
 def demo_notice_ui(bundles: Iterable[Bundle]) -> bool:
@@ -36,13 +36,22 @@ def demo_notice_ui(bundles: Iterable[Bundle]) -> bool:
         if not b.manifest.demo:
             st.info(f"**{b.name}**: {real_data_notice(b.manifest.provenance.training_data)}",
                     icon=":material/info:")
-    weak = [f"{b.name} (validation kappa {qwk:.2f})" for b in bundles
-            if (qwk := b.manifest.evaluation.get("kappa_quadratic")) is not None
-            and qwk < NEAR_CHANCE_QWK]
+    weak = [f"{b.name} ({_figures(b.manifest.evaluation)})" for b in bundles
+            if headline_figures(b.manifest.evaluation) != (None, None)
+            and near_chance(b.manifest.evaluation)]
     if weak:
         st.warning(f"Near-chance model: {', '.join(weak)}. Its grades are close to guessing on "
-                   "its own validation data; do not rely on them.", icon=":material/trending_down:")
+                   "data it was not tuned on; every answer is flagged for review.",
+                   icon=":material/trending_down:")
     return bool(demo)
+
+
+def _figures(evaluation: dict) -> str:
+    auroc, kappa = headline_figures(evaluation)
+    where = "cross-validated" if evaluation.get("cross_validation") else "validation"
+    parts = [f"referable AUROC {auroc:.2f}" if auroc is not None else "",
+             f"kappa {kappa:.2f}" if kappa is not None else ""]
+    return f"{where} " + ", ".join(p for p in parts if p)
 
 
 def licence_notice_ui(bundles: Iterable[Bundle]) -> None:

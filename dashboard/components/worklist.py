@@ -131,8 +131,8 @@ def patients_frame(patients: Sequence[PatientOutcome], programme: str) -> pd.Dat
             "needs review": "yes" if p.review else "",
             "follow-up guidance": patient_guidance(p, programme)})
     return pd.DataFrame(rows, columns=["urgency", "patient", "right eye", "left eye",
-                                       "worst grade", "p(referable)", "photos", "unreadable",
-                                       "needs review", "follow-up guidance"])
+                                       "worst grade", "follow-up guidance", "needs review",
+                                       "p(referable)", "photos", "unreadable"])
 
 
 def _colour(label: object) -> str:
@@ -224,3 +224,12 @@ def table_ui(df: pd.DataFrame, *, key: str) -> None:
     (stretching squeezed them into "Vision-thr..." and "Moderate NP..."); scrolls sideways."""
     st.dataframe(styled(df), key=key, hide_index=True, width="stretch", placeholder="",
                  column_config={c: v for c, v in TABLE_COLUMNS.items() if c in df.columns})
+
+
+def patients_table_ui(df: pd.DataFrame) -> None:
+    """The patient list as a static table whose cells wrap: urgency, both eyes and the guideline
+    text are read in full (the scrolling grid cut them to "Vision-thr..." and hid guidance)."""
+    if not len(df):
+        st.caption("No patients in this run yet.")
+        return
+    st.table(styled(df), hide_index=True)

@@ -36,6 +36,7 @@ from dashboard.components.worklist import (
     filter_items,
     filters_ui,
     patients_frame,
+    patients_table_ui,
     photos_table_ui,
     table_ui,
     thumbnail_url,
@@ -165,7 +166,7 @@ def _worklist(info: RunInfo) -> None:
     with patients_tab:
         st.caption("Each patient takes the worst eye; an ungradable eye beside a negative eye "
                    "makes the patient ungradable (re-image or refer).")
-        table_ui(patients_frame(wl.patients, programme), key="batch-patients")
+        patients_table_ui(patients_frame(wl.patients, programme))
     exports_ui(store, info.id, [p.patient for p in wl.patients], programme, key="batch-export")
     if not is_folder_run(info) and not session_uploads(info.id):
         st.caption("The photos of this upload run are not kept on the server: the worklist, "

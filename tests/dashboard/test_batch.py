@@ -109,7 +109,7 @@ def test_uploads_give_one_row_per_photo_and_a_corrupt_file_is_one_error_row(env)
     run = Store(env["db"]).list_runs()[0]
     assert (run.status, run.n_files, run.n_errors) == ("done", 4, 1)
     assert any(DEMO_NOTICE in e for e in texts(at, "error"))  # the run used a demo model
-    patients = next(d.value for d in at.dataframe if "follow-up guidance" in d.value.columns)
+    patients = next(t.value for t in at.table if "follow-up guidance" in t.value.columns)
     assert set(patients["patient"]) == {"10", "11", "12", "broken"}
 
 

@@ -175,8 +175,7 @@ def test_two_downloads_in_a_row_and_patients_tab(app):
         page.get_by_role("button", name="CSV per patient").click()
     assert Path(again.value.path()).stat().st_size > 100
     page.get_by_role("tab", name="Patients").click()
-    table = page.locator('[data-testid="stDataFrame"]').last
-    table.wait_for()
+    table = page.locator('[data-testid="stTable"]').last
+    table.get_by_text("Re-image, or refer").first.wait_for()  # guidance readable in full
     table.scroll_into_view_if_needed()
-    page.wait_for_timeout(1500)  # the grid draws on a canvas after layout
     _save(page.locator('[data-testid="stTabs"]').last, tmp, "batch_patients_tab")
