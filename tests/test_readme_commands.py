@@ -9,11 +9,14 @@ Stand-ins, where a README command names data that cannot exist in CI:
 - `RETFound_cfp_weights.pth`: a tiny checkpoint in RETFound's MAE layout (tests/core/archs);
 - `data/aptos2019/`: a tiny synthetic APTOS-layout set (core.synthetic);
 - `path/messidor_data.csv` + `path/IMAGES`: tiny synthetic photos in the Messidor-2 layout;
-- `FOLDER`: a folder of 8 synthetic photos.
+- `FOLDER`: a folder of 8 synthetic photos;
+- `../shared/realdata/eyepacs`: 8 synthetic photos in the Kaggle EyePACS + EyeQ layout (the
+  real folder has hundreds of full-size photos; `../shared` beside the sandbox is this stand-in).
 Appended settings, where the exact text would train for minutes to hours:
 - training commands get TINY_TRAIN (`--set`, one epoch, small inputs) after their own text;
   `training.hpo` also `--trials 2`;
-- training on the real photos of ../shared/realdata is skipped (many minutes), with a reason.
+- `training.crossval` (5 folds, about 20 minutes on 2 cores by the README's own account) is
+  skipped with that reason; tests/training/test_crossval.py runs it on tiny data.
 Not run: `pip install -r requirements.txt` (.ci/run runs exactly it before this suite; a test
 must not reinstall the environment under test; checked below that .ci/run does) and
 `python -m pytest` (it is this suite).
@@ -37,7 +40,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-SHARED = REPO.parent / "shared"
 TINY_TRAIN = ("data.num_workers=0", "data.val_fraction=0.25", "optim.epochs=1",
               "optim.batch_size=8", "optim.warmup_epochs=0.5", "optim.patience=50",
               "tensorboard=false")
@@ -52,9 +54,10 @@ def readme_commands(text: str) -> list[str]:
         joined = re.sub(r"\\\n\s*", " ", block)
         commands += [ln.strip() for ln in joined.splitlines()
                      if ln.strip() and not ln.strip().startswith("#")]
-    for span in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text):
+    for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", text):
+        span = " ".join(span.split())  # a span may wrap onto the next line of prose
         if re.match(r"(python -m|streamlit run|torchrun) \S+ \S", span) and "<" not in span:
-            commands.append(span.strip())
+            commands.append(span)
     return list(dict.fromkeys(commands))
 
 
@@ -94,8 +97,6 @@ def sandbox(tmp_path_factory) -> Path:
     (box / "models").mkdir()
     for bundle in (REPO / "models").iterdir():
         (box / "models" / bundle.name).symlink_to(bundle)
-    if SHARED.is_dir():
-        (top / "shared").symlink_to(SHARED)
     _stand_ins(box)
     return box
 
@@ -120,6 +121,27 @@ def _stand_ins(box: Path) -> None:
     folder.mkdir()
     for row in rows[:8]:
         shutil.copy(aptos / "train_images" / f"{row['id_code']}.png", folder)
+    _eyepacs_stand_in(box.parent / "shared" / "realdata" / "eyepacs")
+
+
+def _eyepacs_stand_in(root: Path) -> None:
+    """Kaggle EyePACS names (`<id>_<eye>.jpeg` in train/) with EyeQ's quality labels."""
+    from PIL import Image
+
+    from core.synthetic import generate_fundus
+
+    (root / "train").mkdir(parents=True)
+    with (root / "eyeq_quality.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["image", "quality"])
+        for i in range(8):
+            name = f"{10 + i // 2}_{'left' if i % 2 else 'right'}"
+            Image.fromarray(generate_fundus(i % 5, i, size=256).image).save(
+                root / "train" / f"{name}.jpeg", quality=90)
+            out.writerow([name, ("good", "usable", "reject")[i % 3]])
+    out_csv = root / "trainLabels.csv"
+    out_csv.write_text("image,level\n" + "".join(f"{10 + i // 2}_{'left' if i % 2 else 'right'},"
+                                                  f"{i % 5}\n" for i in range(8)))
 
 
 def _env(box: Path) -> dict[str, str]:
@@ -145,8 +167,8 @@ def _plan(cmd: str) -> tuple[str, str]:
     module = _module(text)
     if module == "pytest":
         return text, "the test suite itself: .ci/run runs exactly this command"
-    if "realdata" in text and module.startswith("training."):
-        return text, "trains on the real photos of ../shared/realdata for many minutes"
+    if module == "training.crossval":
+        return text, "5-fold cross-validation: about 20 minutes on 2 cores (README)"
     if module.startswith("training.") and "--config" in text:
         extra = list(TINY_TRAIN)
         if "baseline" in text:

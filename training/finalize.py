@@ -74,9 +74,10 @@ def write_bundle(cfg: TrainConfig, setup: TierSetup, run_dir: Path, calibration:
 
 
 def model_card(manifest: Manifest, metrics: dict, data_summary: dict) -> str:
+    notice = DEMO_NOTICE if manifest.demo else real_data_notice(manifest.provenance.training_data)
     lines = [
         f"# {manifest.name} (version {manifest.version})", "",
-        f"**{DEMO_NOTICE}**" if manifest.demo else f"**{real_data_notice(manifest.provenance.training_data)}**", "",
+        f"**{notice}**", "",
         f"- Tier: `{manifest.tier}`; architecture `{manifest.architecture.builder}` "
         f"{json.dumps(manifest.architecture.kwargs, sort_keys=True)}",
         f"- Base bundle: `{manifest.base_bundle}`" if manifest.base_bundle else "",

@@ -19,11 +19,11 @@ from core.bundle import Bundle
 from core.errors import DRError
 from training.config import TrainConfig, load_config, save_config
 from training.datasets import load_records
-from training.splits import held_out_metrics, make_splits, score_splits
 from training.distributed import barrier, init_distributed, shutdown
 from training.finalize import calibrate_and_evaluate, load_best, write_bundle
 from training.image_cache import build_cache
 from training.loop import Trainer, make_loaders
+from training.splits import held_out_metrics, make_splits, score_splits
 from training.tiers import build_setup
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

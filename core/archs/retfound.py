@@ -83,7 +83,8 @@ def build_retfound_vit(
     ``global_pool="avg"`` (RETFound's ``True``) averages patch tokens then applies ``fc_norm``
     (``norm`` is Identity); ``"token"`` (``False``) takes the CLS token after ``norm``.
     ``init_values`` (LayerScale) and ``mlp="swiglu_packed"`` exist for the DINOv2 variants.
-    ``num_classes=0`` returns pooled ``embed_dim`` features. The head is re-initialised as RETFound does (std 2e-5, bias 0).
+    ``num_classes=0`` returns pooled ``embed_dim`` features. The head is re-initialised as
+    RETFound does (std 2e-5, bias 0).
     """
     global_pool = global_pool_mode(global_pool)
     _check_build_args(global_pool, img_size, patch_size, embed_dim, num_heads, mlp, num_classes)

@@ -17,8 +17,8 @@ import pytest
 from core.bundle import discover_bundles
 from tests.e2e.browser_support import (
     ARGS,
-    CHROMIUM,
     CARD_TEXT,
+    CHROMIUM,
     REPO,
     open_grade_page_ready,
     shot,
