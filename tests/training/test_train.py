@@ -127,7 +127,7 @@ def test_torchrun_two_processes_write_one_bundle(tmp_path, synthetic_aptos):
 
 
 def test_ordinal_run_ships_its_cut_points_and_serves_with_them(tmp_path, synthetic_aptos):
-    from core.grading import decide_grade
+    from core.grading import Thresholds, decide, decide_grade
 
     result = run(_cfg(tmp_path, synthetic_aptos, "baseline", "optim.epochs=2", "optim.ordinal=true",
                       "optim.freeze_epochs=0"), progress=False)
@@ -137,4 +137,11 @@ def test_ordinal_run_ships_its_cut_points_and_serves_with_them(tmp_path, synthet
     predictor = Predictor(load_bundle(result.bundle.path), "cpu", cache=ModelCache())
     images = sorted((synthetic_aptos / "train_images").iterdir())[:6]
     graded = [p for p in predictor.predict_batch(images) if p.gradable]
-    assert graded and all(p.grade == decide_grade(p.probs, cuts) for p in graded)
+    # served through core.grading.decide: the flags at the operating thresholds fix the band,
+    # the cut-point grade is kept inside it (issue 12)
+    cal = predictor.manifest.calibration
+    rule = Thresholds(cal.referable_threshold, cal.vision_threatening_threshold, cuts)
+    assert graded and all(p.grade == decide(p.probs, rule).grade for p in graded)
+    for p in graded:
+        band = [g for g in range(5) if (g >= 2) == p.referable and (g >= 3) == p.vision_threatening]
+        assert p.grade == min(max(decide_grade(p.probs, cuts), band[0]), band[-1])
