@@ -113,13 +113,21 @@ def signoff_ui(prediction: Prediction, image_hash: str, image_name: str, *, key:
     if submitted:
         entry = validate(prediction, decision or "accept", choice or suggested, reason or "",
                          clinician or "")
-        if isinstance(entry, str):
-            st.error(entry)
-        else:
-            stored = save_signoff(prediction, image_hash, image_name, entry, run_id=run_id)
-            if isinstance(stored, str):
-                st.error(stored)
-            else:
-                st.success(f"Sign-off stored (record {stored}): {entry.decision}, final grade "
-                           f"{_grade_text(entry.final_grade)}, by {entry.clinician}.")
+        store_entry_ui(prediction, image_hash, image_name, entry, run_id=run_id,
+                       done=lambda e: f"Sign-off stored ({{record}}): {e.decision}, final grade "
+                                      f"{_grade_text(e.final_grade)}, by {e.clinician}.")
     earlier_signoffs_ui(image_hash)
+
+
+def store_entry_ui(prediction: Prediction, image_hash: str, image_name: str, entry, *,
+                   run_id: int | None, done) -> None:
+    """Store a validated entry (or show why it is invalid), then say what was recorded;
+    `done(entry)` gives the message, with `{record}` where the record number goes."""
+    if isinstance(entry, str):
+        st.error(entry)
+        return
+    stored = save_signoff(prediction, image_hash, image_name, entry, run_id=run_id)
+    if isinstance(stored, str):
+        st.error(stored)
+    else:
+        st.success(done(entry).replace("{record}", f"record {stored}"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.predict import Prediction
-from dashboard.components.signoff import SignOffInput, earlier_signoffs_ui, save_signoff
+from dashboard.components.signoff import SignOffInput, earlier_signoffs_ui, store_entry_ui
 
 WRONG_UPLOAD_REASON = "Wrong upload: not a fundus photograph"
 
@@ -31,14 +31,8 @@ def wrong_upload_ui(prediction: Prediction, image_hash: str, image_name: str, *,
         clinician = st.text_input("Clinician name", key=f"wrong-clinician-{key}")
         submitted = st.form_submit_button("Record as wrong upload (not a fundus photograph)")
     if submitted:
-        entry = wrong_upload_entry(clinician or "")
-        if isinstance(entry, str):
-            st.error(entry)
-        else:
-            stored = save_signoff(prediction, image_hash, image_name, entry, run_id=run_id)
-            if isinstance(stored, str):
-                st.error(stored)
-            else:
-                st.success(f"Recorded (record {stored}): {WRONG_UPLOAD_REASON}, by "
-                           f"{entry.clinician}.")
+        store_entry_ui(prediction, image_hash, image_name, wrong_upload_entry(clinician or ""),
+                       run_id=run_id,
+                       done=lambda e: f"Recorded ({{record}}): {WRONG_UPLOAD_REASON}, by "
+                                      f"{e.clinician}.")
     earlier_signoffs_ui(image_hash)

@@ -132,6 +132,11 @@ def upload_and_time(page, files: list[Path], name: str) -> UploadTiming:
 def shot(page, tmp_path: Path, name: str) -> None:
     path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
+    keep_screenshot(path)
+
+
+def keep_screenshot(path: Path) -> None:
+    """Copy a screenshot to DR_SCREENSHOT_DIR when set (how docs/screenshots/ is refreshed)."""
     out = os.environ.get("DR_SCREENSHOT_DIR")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)

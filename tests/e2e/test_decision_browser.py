@@ -13,7 +13,6 @@ DR_E2E_MODELS_DIR=models the walk uses the shipped bundles (the docs screenshots
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from core.synthetic import Nuisance, generate_fundus
 from tests.e2e.browser_support import (
     ARGS,
     CHROMIUM,
+    keep_screenshot,
     streamlit_server,
     wait_idle,
 )
@@ -72,15 +72,8 @@ def _card(page, name: str):
 def _save(locator, tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.png"
     locator.screenshot(path=str(path))
-    _copy(path)
+    keep_screenshot(path)
     return path
-
-
-def _copy(path: Path) -> None:
-    out = os.environ.get("DR_SCREENSHOT_DIR")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(out) / path.name)
 
 
 def _open(page, title: str, heading: str) -> None:
@@ -150,7 +143,7 @@ def test_compare_without_false_agreement(app):
     if sum(not b.manifest.demo for b in graders) < 2:
         assert page.locator('[data-testid="stAlertContentSuccess"]').count() == 0
     page.screenshot(path=str(tmp / "compare_tiers.png"), full_page=True)
-    _copy(tmp / "compare_tiers.png")
+    keep_screenshot(tmp / "compare_tiers.png")
 
 
 @pytest.mark.timeout(1200)
