@@ -76,3 +76,16 @@ def test_reads_take_no_write_lock(tmp_path):
         writer.execute("ROLLBACK")
         writer.close()
         reader.join(70)
+
+
+def test_a_runs_last_activity_reads_the_audit_trail_by_index(tmp_path):
+    """The audit trail only grows; reading a running run's activity must not scan all of it."""
+    from core.store import Store
+
+    store = Store(tmp_path / "db.sqlite")
+    store.create_run("folder", ["m@1"], {})
+    with store._use() as conn:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT MAX(created_at) FROM audit WHERE run_id=?", (1,)).fetchall()
+    detail = " ".join(str(row[-1]) for row in plan)
+    assert "audit_run" in detail and "SCAN audit" not in detail
