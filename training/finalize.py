@@ -18,6 +18,7 @@ from core.wording import (
 )
 from training.calibration import apply_temperature, fit_temperature
 from training.config import TrainConfig
+from training.evaluate_cross_dataset import metric_value
 from training.metrics import (
     choose_referable_threshold,
     evaluate,
@@ -116,7 +117,7 @@ def metrics_table(metrics: dict) -> list[str]:
     lines = ["## Metrics of the best epoch, by split", "",
              f"| metric | {head} |", "|---|" + "---|" * len(columns)]
     for label, path in CARD_ROWS:
-        lines.append(f"| {label} | " + " | ".join(_f(_get(col, path)) for _, col in columns)
+        lines.append(f"| {label} | " + " | ".join(_f(metric_value(col, path)) for _, col in columns)
                      + " |")
     ref, vt = metrics["referable"], metrics["vision_threatening"]
     lines += ["", f"Operating thresholds (fitted on the {columns[0][0]} split): referable "
@@ -127,13 +128,6 @@ def metrics_table(metrics: dict) -> list[str]:
     lines += ["", "Every split comes from the training data's own source; none is evidence of "
               "performance on your camera or population."]
     return lines
-
-
-def _get(metrics: dict, path: tuple[str, ...]):
-    node = metrics
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
 
 
 def _f(value) -> str:

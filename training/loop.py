@@ -66,8 +66,6 @@ def make_loaders(cfg: TrainConfig, cache_folder: Path, train_rows, train_grades,
     spec = cfg.preprocessing
     train_ds = CachedFundusDataset(cache_folder, train_rows, train_grades, spec, train=True,
                                    seed=cfg.seed, augment=cfg.data.augment)
-    val_ds = CachedFundusDataset(cache_folder, val_rows, val_grades, spec, train=False,
-                                 seed=cfg.seed)
     sampler = EpochSampler(train_grades, cfg.seed, balanced=cfg.optim.class_balance == "sampler",
                            rank=dist_info.rank, world_size=dist_info.world_size)
     workers = cfg.data.num_workers
@@ -75,8 +73,16 @@ def make_loaders(cfg: TrainConfig, cache_folder: Path, train_rows, train_grades,
                   persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
     train = DataLoader(train_ds, batch_size=cfg.optim.batch_size, sampler=sampler,
                        drop_last=len(train_ds) >= 2 * cfg.optim.batch_size, **common)
-    val = DataLoader(val_ds, batch_size=cfg.optim.batch_size * 2, shuffle=False, **common)
+    val = eval_loader(cfg, cache_folder, val_rows, val_grades, **common)
     return Loaders(train, val, train_ds, sampler, np.asarray(val_grades))
+
+
+def eval_loader(cfg: TrainConfig, cache_folder: Path, rows, grades, **loader_kwargs) -> DataLoader:
+    """Unaugmented, in order: the loader of every split that is scored, not trained on."""
+    dataset = CachedFundusDataset(cache_folder, rows, grades, cfg.preprocessing, train=False,
+                                  seed=cfg.seed)
+    return DataLoader(dataset, batch_size=cfg.optim.batch_size * 2, shuffle=False,
+                      **loader_kwargs)
 
 
 class Trainer:

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from core.manifest import CalibrationSpec
 from training.calibration import apply_temperature
 from training.config import TrainConfig
-from training.data import CachedFundusDataset
 from training.datasets import LabelledImage, split_cv_fold, three_way_split
+from training.loop import eval_loader
 from training.metrics import evaluate
 
 SPLIT_NOTES = {
@@ -70,10 +70,8 @@ def make_splits(cfg: TrainConfig, usable: list[LabelledImage]) -> Splits:
 
 def _loader(cfg: TrainConfig, cache_folder: Path, records: list[LabelledImage],
             rows: dict[str, int]) -> DataLoader:
-    dataset = CachedFundusDataset(cache_folder, [rows[r.id] for r in records],
-                                  [r.grade for r in records], cfg.preprocessing, train=False,
-                                  seed=cfg.seed)
-    return DataLoader(dataset, batch_size=cfg.optim.batch_size * 2, shuffle=False, num_workers=0)
+    return eval_loader(cfg, cache_folder, [rows[r.id] for r in records],
+                       [r.grade for r in records], num_workers=0)
 
 
 def score_splits(trainer, loaders, splits: Splits, cache_folder: Path,
