@@ -31,6 +31,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,37 @@ class Recorder:
         fn()
         with self.lock:
             self.latency.append((time.monotonic(), action, (time.perf_counter() - start) * 1e3))
+
+
+def one_runtime() -> None:
+    """Give every AppTest session of this process one Streamlit Runtime, as one server has.
+
+    Each `AppTest.run()` installs its own mock Runtime in the process-global
+    `Runtime._instance` and resets it to None when done, so AppTests on threads pull it from
+    under each other (harness errors, not app errors). Here `Runtime.instance()` answers one
+    shared mock built the way AppTest builds its own: one media store and one cache store for
+    all sessions, like `streamlit run`.
+    """
+    from unittest.mock import MagicMock
+
+    from streamlit.components.v2.component_manager import BidiComponentManager
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.caching.storage.dummy_cache_storage import (
+        MemoryCacheStorageManager,
+    )
+    from streamlit.runtime.dataframe_source_manager import DataframeSourceManager
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    shared = MagicMock(spec=Runtime)
+    shared.media_file_mgr = MediaFileManager(MemoryMediaFileStorage("/mock/media"))
+    shared.cache_storage_manager = MemoryCacheStorageManager()
+    shared.dataframe_source_mgr = DataframeSourceManager()
+    components = BidiComponentManager()
+    components.discover_and_register_components(start_file_watching=False)
+    shared.bidi_component_registry = components
+    Runtime.instance = classmethod(lambda cls: shared)  # type: ignore[method-assign]
+    Runtime.exists = classmethod(lambda cls: True)  # type: ignore[method-assign]
 
 
 def session_loop(worker: int, deadline: float, rec: Recorder, once: bool = False) -> int:
@@ -128,13 +160,39 @@ def screening_loop(folder: Path, models: Path, db: Path, deadline: float, rec: R
     return runs
 
 
+def reference_work() -> Callable[[], None]:
+    """A fixed piece of CPU work (a small conv net and some NumPy), timed in the same process.
+
+    Latency that grows over a soak means the app degrades only if this plain reference, which
+    shares the cores and the interpreter with the sessions, stays flat while it does.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 16, 3, padding=1)).eval()
+    x = torch.rand(1, 3, 128, 128)
+    a = np.random.default_rng(0).random((256, 256))
+
+    def work() -> None:
+        with torch.no_grad():
+            net(x)
+        np.linalg.svd(a)
+        sum(i * i for i in range(50_000))  # pure Python: competes for the interpreter too
+
+    return work
+
+
 def sampler(deadline: float, rec: Recorder, every_s: float = 2.0) -> None:
     import gc
 
+    work = reference_work()
     while time.monotonic() < deadline:
-        gc.collect()
+        rec.timed("gc.collect (sampler)", gc.collect)  # a full pass stalls every thread
+        stats = {**proc_stats(), "objects": len(gc.get_objects())}
         with rec.lock:
-            rec.samples.append((time.monotonic(), proc_stats()))
+            rec.samples.append((time.monotonic(), stats))
+        rec.timed("reference (fixed CPU work)", work)
         time.sleep(every_s)
 
 
@@ -191,7 +249,10 @@ def report(rec: Recorder, t0: float, t1: float, args: argparse.Namespace, cycles
             continue
         first = [s for t, s in samples if t <= early] or [samples[0][1]]
         last = [s for t, s in samples if t >= late] or [samples[-1][1]]
-        for key, unit in (("rss_mb", "RSS MB"), ("files", "open files"), ("threads", "threads")):
+        for key, unit in (("rss_mb", "RSS MB"), ("files", "open files"), ("threads", "threads"),
+                          ("objects", "Python objects (gc)")):
+            if key not in first[0]:
+                continue
             print(f"| {name} | {unit} | {statistics.median(s[key] for s in first):.0f} | "
                   f"{statistics.median(s[key] for s in last):.0f} |")
     print("\n| action | n | p50 ms start | p95 ms start | p50 ms end | p95 ms end |")
@@ -237,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         db = tmp / "soak.db"
         os.environ.update(DR_MODELS_DIR=str(Path(args.models).resolve()), DR_DB_PATH=str(db))
         env = dict(os.environ)
+        one_runtime()
         warm = Recorder()  # imports, model loads, first compiles: not what a soak measures
         _warm_up(folder, args, db, warm)
         t0 = time.monotonic()

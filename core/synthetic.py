@@ -382,7 +382,8 @@ def write_clinic_folder(out_dir: str | Path, n_patients: int, seed: int, *,
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     shots = _plan_shots(rng, n_patients)
-    bad = set(rng.permutation(len(shots))[: max(2, len(shots) // 10)].tolist())
+    n_bad = min(max(2, len(shots) // 10), len(shots) - 1)  # one good photo at least
+    bad = set(rng.permutation(len(shots))[:n_bad].tolist())
     records: list[dict[str, str]] = []
     for i, (name, pid, eye, grade) in enumerate(shots):
         nz = sample_nuisance(np.random.default_rng([seed, i, 7]), 0.7)

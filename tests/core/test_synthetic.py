@@ -305,3 +305,12 @@ def test_colour_and_brightness_resemble_real_fundus(fundus_samples_dir: Path) ->
     lo, hi = real.min(axis=0) - 25, real.max(axis=0) + 25
     assert ((synth >= lo) & (synth <= hi)).all(), (synth, real)
     assert (synth[:, 0] > synth[:, 1]).all() and (synth[:, 1] > synth[:, 2]).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clinic_folder_of_one_patient_keeps_a_gradable_photo(tmp_path: Path, seed: int) -> None:
+    # one patient has two photos; both used to be made ungradable, and the duplicate had no source
+    recs = write_clinic_folder(tmp_path, 1, seed=seed, size=96)
+    dup = next(r for r in recs if r["duplicate_of"])
+    assert dup["grade"] in "01234"
+    assert any(r["grade"] in "01234" and r["patient"] for r in recs)
