@@ -7,7 +7,6 @@ and the state dict must match the rebuilt architecture exactly (one error lists 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -15,17 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.archs.registry import build_model
+from core import settings
+from core.archs.tier import Tier
+from core.archs.tiers import get_tier
 from core.errors import BundleError
 from core.manifest import Manifest, WeightsSpec, parse_manifest
+from core.weights import load_state_dict_exact as load_state_dict_exact  # re-exported
+from core.weights import read_verified, write_tensors
+from core.weights import sha256_file as sha256_file  # re-exported
 
 MANIFEST_FILE = "manifest.json"
 MODEL_CARD_FILE = "MODEL_CARD.md"
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,7 @@ class Discovery:
 
 def models_dir() -> Path:
     """Where bundles live: $DR_MODELS_DIR or the repository's models/."""
-    return Path(os.environ.get("DR_MODELS_DIR", DEFAULT_MODELS_DIR))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return settings.current().models_dir
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
@@ -103,62 +96,42 @@ def discover_bundles(root: str | os.PathLike | None = None) -> Discovery:
 
 def read_weights(bundle: Bundle) -> dict[str, torch.Tensor]:
     """Safetensors only, after the sha256 in the manifest matched the file."""
-    path = bundle.weights_path
-    actual = sha256_file(path)
-    if actual != bundle.manifest.weights.sha256:
-        raise BundleError(
-            f"{path}: sha256 mismatch (manifest {bundle.manifest.weights.sha256[:16]}..., file "
-            f"{actual[:16]}...). The weights were changed or corrupted; re-copy or re-export the "
-            "bundle."
-        )
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise BundleError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return read_verified(bundle.weights_path, bundle.manifest.weights.sha256)
 
 
-def load_state_dict_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str,
-                          assign: bool = False) -> None:
-    """strict=True semantics, but one error listing every missing, unexpected or mis-shaped key."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-                    for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or shapes:
-        parts = [f"missing keys {missing}" if missing else "",
-                 f"unexpected keys {unexpected}" if unexpected else "",
-                 f"shape mismatches {shapes}" if shapes else ""]
-        raise BundleError(f"{source}: weights do not match the architecture: "
-                          + "; ".join(p for p in parts if p))
-    model.load_state_dict(state, strict=True, assign=assign)
+def tier_of(bundle: Bundle) -> Tier:
+    """How the bundle's tier builds, shares and exports its model (core.archs.tier)."""
+    return get_tier(bundle.manifest.tier)
 
 
 def build_bundle_model(bundle: Bundle) -> nn.Module:
-    """Rebuild the architecture and load the verified weights (baseline and RETFound tiers)."""
-    if bundle.manifest.tier == "lora":
-        from core.lora_bundle import build_lora_model
-
-        return build_lora_model(bundle)
+    """Rebuild the bundle's model with its verified weights, as its tier says, in eval mode."""
+    tier = tier_of(bundle)
+    if tier.needs_base:
+        return build_over_base(base_of(bundle), bundle)
     arch = bundle.manifest.architecture
-    state = read_weights(bundle)
-    model = _build_on_meta(arch.builder, arch.kwargs)
-    if model is not None:
-        load_state_dict_exact(model, state, str(bundle.weights_path), assign=True)
-        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-            return model.eval()
-    model = build_model(arch.builder, arch.kwargs)  # a buffer outside the state dict: build for real
-    load_state_dict_exact(model, state, str(bundle.weights_path))
+    return tier.build(arch, read_weights(bundle), str(bundle.weights_path))
+
+
+def base_of(bundle: Bundle) -> Bundle:
+    """The base bundle a bundle builds over (LoRA), loaded from beside it."""
+    if not tier_of(bundle).needs_base or not bundle.manifest.base_bundle:
+        raise BundleError(f"{bundle.name} is not a LoRA bundle (its tier builds over no base)")
+    folder = bundle.path.parent / bundle.manifest.base_bundle
+    if not folder.is_dir():
+        raise BundleError(f"LoRA bundle {bundle.name!r} needs its base bundle "
+                          f"{bundle.manifest.base_bundle!r} next to it ({folder} is missing).")
+    return load_bundle(folder)
+
+
+def build_over_base(base: Bundle, bundle: Bundle) -> nn.Module:
+    """The base's model with `bundle`'s parts installed; `active_adapter` names whose parts
+    a shared host holds (core.cache swaps them)."""
+    base_model = build_bundle_model(base)
+    read_weights(bundle)  # sha256 check against the manifest before any tensor is used
+    model = tier_of(bundle).build_over(base_model, bundle.path)
+    model.active_adapter = bundle.key
     return model.eval()
-
-
-def _build_on_meta(builder: str, kwargs: dict[str, Any]) -> nn.Module | None:
-    """Skip the random initialisation the weights overwrite anyway (ViT-L: ~9 s on 2 cores)."""
-    try:
-        with torch.device("meta"):
-            return build_model(builder, kwargs)
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None
 
 
 def save_bundle(out_dir: str | os.PathLike, manifest: Manifest, state_dict: dict[str, Any],
@@ -166,15 +139,24 @@ def save_bundle(out_dir: str | os.PathLike, manifest: Manifest, state_dict: dict
     """Write weights (safetensors), then the manifest with their sha256 and the model card."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    save_file(tensors, str(folder / manifest.weights.file))
+    write_tensors(folder / manifest.weights.file, state_dict)
     return finalize_bundle(folder, manifest, model_card)
+
+
+def save_model_bundle(out_dir: str | os.PathLike, manifest: Manifest, model: nn.Module,
+                      model_card: str | None = None, *, tier: Tier | None = None) -> Bundle:
+    """Save a model as its tier stores it (LoRA: adapters only), then manifest and card."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    file = (tier or get_tier(manifest.tier)).write_weights(folder, model, manifest.weights.file)
+    return finalize_bundle(folder, dataclasses.replace(manifest, weights=WeightsSpec(file, "")),
+                           model_card)
 
 
 def finalize_bundle(folder: Path, manifest: Manifest, model_card: str | None = None) -> Bundle:
     """Hash the weights file already in `folder` and write manifest.json + MODEL_CARD.md.
 
-    Used directly for LoRA bundles, whose adapter files are written by save_lora_adapters().
+    Used directly when the weights are already written (save_model_bundle, importers).
     """
     weights_path = folder / manifest.weights.file
     manifest = dataclasses.replace(

@@ -12,7 +12,6 @@ ViT-L cost one ViT-L.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -21,11 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core.bundle import Bundle, build_bundle_model
+from core import settings
+from core.bundle import Bundle, base_of, build_bundle_model, build_over_base, read_weights, tier_of
 from core.devices import resolve_device
 from core.explain import model_lock
-
-DEFAULT_MAX_MB = int(os.environ.get("DR_MODEL_CACHE_MB", "8192"))
 
 
 def module_nbytes(module: nn.Module) -> int:
@@ -61,31 +59,34 @@ class ModelCache:
     """LRU over loaded modules, bounded by their parameter bytes."""
 
     def __init__(self, max_bytes: int | None = None) -> None:
-        self.max_bytes = max_bytes if max_bytes is not None else DEFAULT_MAX_MB * 2**20
+        """max_bytes: the bound; default DR_MODEL_CACHE_MB (core.settings)."""
+        if max_bytes is None:
+            max_bytes = settings.current().model_cache_mb * 2**20
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple, threading.Lock] = {}
 
     def get(self, bundle: Bundle, device: str = "auto") -> LoadedModel:
         dev = resolve_device(device)
-        if bundle.manifest.tier != "lora":
-            cnn_on_gpu = dev.type == "cuda" and bundle.manifest.explanation.arch == "cnn"
+        tier = tier_of(bundle)
+        if not tier.needs_base:
+            nhwc = dev.type == "cuda" and tier.channels_last(bundle.manifest.explanation.arch)
             module = self._get_or_load(
                 ("model", bundle.key, str(dev)),
-                lambda: _to_device(build_bundle_model(bundle), dev, channels_last=cnn_on_gpu))
+                lambda: _to_device(build_bundle_model(bundle), dev, channels_last=nhwc))
             return LoadedModel(bundle, module, dev)
-        from core.lora_bundle import adapter_structure, base_of, build_lora_host, read_adapter_state
-
-        base = base_of(bundle)
-        host_key = ("host", base.key, adapter_structure(bundle), str(dev))
-        host = self._get_or_load(host_key, lambda: _to_device(build_lora_host(base, bundle), dev))
+        base = base_of(bundle)  # one host per base and share key; each bundle's adapter apart
+        host_key = ("host", base.key, tier.share_key(bundle.path), str(dev))
+        host = self._get_or_load(host_key, lambda: _to_device(build_over_base(base, bundle), dev))
         adapter = self._get_or_load(
             ("adapter", bundle.key, str(dev)),
-            lambda: {k: v.to(dev) for k, v in read_adapter_state(bundle, host).items()})
+            lambda: {k: v.to(dev) for k, v in
+                     tier.adapter_state(bundle.path, read_weights(bundle), host).items()})
         return LoadedModel(bundle, host, dev, adapter)
 
     def get_int8(self, bundle: Bundle) -> LoadedModel:
-        """A CPU int8 copy of a non-LoRA bundle's model (core.quantize), cached beside fp32."""
+        """A CPU int8 copy of a bundle's model (core.quantize; tiers with `int8`), cached beside fp32."""
         from core.quantize import int8_copy, int8_nbytes
 
         fp32 = self.get(bundle, "cpu")

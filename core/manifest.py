@@ -10,32 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from core.archs.specs import ArchitectureSpec, ExplanationSpec  # re-exported: part of the manifest
+from core.archs.tiers import get_tier, tier_names
 from core.errors import BundleError
 from core.preprocessing import PreprocessSpec
 from core.strict import parse_strict, to_jsonable
 
 SCHEMA_VERSION = 1
 ICDR_CLASSES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "PDR")
-Tier = Literal["baseline", "retfound", "lora"]
-
-
-@dataclass(frozen=True)
-class ArchitectureSpec:
-    """Which registered builder makes the network, with its keyword arguments."""
-
-    builder: str  # "timm_classifier" | "retfound_vit" (see core.archs.registry)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ExplanationSpec:
-    """Defaults for heatmaps: the layer to hook and how to fold its activations."""
-
-    target_layer: str  # dotted module name, e.g. "backbone.layer4" or "blocks.11.norm1"
-    method: str = "gradcam"
-    arch: Literal["cnn", "vit", "swin"] = "cnn"
 
 
 @dataclass(frozen=True)
@@ -72,7 +56,7 @@ class Manifest:
 
     name: str
     version: str
-    tier: Tier
+    tier: str  # a registered tier (core.archs.tiers): "baseline" | "retfound" | "lora" | ...
     created: str
     architecture: ArchitectureSpec
     preprocessing: PreprocessSpec
@@ -102,8 +86,12 @@ def parse_manifest(data: Any, source: str = "manifest.json") -> Manifest:
     if manifest.schema_version > SCHEMA_VERSION:
         raise BundleError(f"{source}: schema_version {manifest.schema_version} is newer than this "
                           f"software understands ({SCHEMA_VERSION}); update the dashboard.")
-    if manifest.tier == "lora" and not manifest.base_bundle:
-        raise BundleError(f"{source}: a 'lora' bundle needs 'base_bundle' (its base model folder)")
+    if manifest.tier not in tier_names():
+        raise BundleError(f"{source}: field 'tier': must be one of {list(tier_names())}, got "
+                          f"{manifest.tier!r}")
+    if get_tier(manifest.tier).needs_base and not manifest.base_bundle:
+        raise BundleError(f"{source}: a {manifest.tier!r} bundle needs 'base_bundle' (its base "
+                          "model folder)")
     if len(manifest.classes) != 5:
         raise BundleError(f"{source}: classes must list the 5 ICDR grades, got {len(manifest.classes)}")
     return manifest

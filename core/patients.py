@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 
 from core.errors import ConfigError
 from core.grading import REVIEW_CONFIDENCE, Urgency, eye_urgency, patient_urgency, worklist_rank
-from core.store import FileRow, ResultRow
+from core.rows import FileRow, ResultRow
 
 LOW_CONFIDENCE = "low confidence"  # prefix of core.grading.decide's reason as well
 EYES = ("right", "left", "unknown")

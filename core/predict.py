@@ -7,7 +7,6 @@ review reasons come from one call of core.grading.decide (operating thresholds f
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,16 +16,16 @@ import numpy as np
 import torch
 
 from core import grading
-from core.bundle import Bundle
+from core.bundle import Bundle, tier_of
 from core.cache import LoadedModel, ModelCache, default_cache
 from core.devices import autocast_for
 from core.errors import BundleError
 from core.explain import Explanation, explain
 from core.images import decode_image
-from core.lora_bundle import HOST_PREFIX
 from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, decode_min_side, preprocess
 from core.quality import QualityReport, assess
 from core.records import PredictionSettings
+from core.settings import current as current_settings
 
 
 @dataclass(frozen=True)
@@ -101,6 +100,7 @@ class Predictor:
                               "not ICDR grades: it is an encoder for training, not a grader.")
         self.bundle = bundle
         self.manifest = bundle.manifest
+        self.tier = tier_of(bundle)
         self.tta = tta
         self.max_batch = max(1, max_batch)
         self.cache = cache or default_cache()
@@ -108,9 +108,9 @@ class Predictor:
         self.device = first.device
         self.n_params = int(sum(p.numel() for p in first.module.parameters()))
         if cpu_int8 is None:
-            cpu_int8 = os.environ.get("DR_CPU_INT8", "") == "1"
-        # int8 only where it pays and stays exact to swap: ViT tiers on the CPU, not LoRA hosts
-        self.int8 = cpu_int8 and self.device.type == "cpu" and self.manifest.tier == "retfound"
+            cpu_int8 = current_settings().cpu_int8
+        # int8 only where it pays and stays exact to swap: tiers that say so, on the CPU
+        self.int8 = cpu_int8 and self.device.type == "cpu" and self.tier.int8
         if self.int8:
             self.cache.get_int8(bundle)
         cal = self.manifest.calibration
@@ -164,7 +164,7 @@ class Predictor:
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw logits (fp32, on the CPU) for a normalised batch; flip TTA averages logits."""
         x = batch.to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and self.manifest.explanation.arch == "cnn":
+        if self.device.type == "cuda" and self.tier.channels_last(self.manifest.explanation.arch):
             x = x.contiguous(memory_format=torch.channels_last)
         with self.grader.use() as model, torch.inference_mode(), autocast_for(self.device):
             out = model(x).float()
@@ -184,9 +184,7 @@ class Predictor:
         fp32 model even when grades come from the int8 copy (gradients need it).
         """
         spec = self.manifest.explanation
-        layer = layer or spec.target_layer
-        if self.manifest.tier == "lora" and not layer.startswith(HOST_PREFIX):
-            layer = HOST_PREFIX + layer
+        layer = self.tier.explain_layer(layer or spec.target_layer)
         with self.loaded.use() as model:
             return explain(model, prepared.pre.tensor.unsqueeze(0), method=method or spec.method,
                            target=target, layer=layer, arch=spec.arch)[0]

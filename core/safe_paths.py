@@ -15,15 +15,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from core import settings
 from core.errors import ConfigError, PathNotAllowedError
 
-ROOTS_ENV = "DR_SCREEN_ROOTS"
+ROOTS_ENV = settings.SCREEN_ROOTS_ENV
 
 
 def roots_from_env(env: Mapping[str, str] | None = None) -> list[Path]:
-    """Allowed screening roots from $DR_SCREEN_ROOTS (os.pathsep-separated)."""
-    raw = (os.environ if env is None else env).get(ROOTS_ENV, "")
-    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+    """Allowed screening roots from $DR_SCREEN_ROOTS (os.pathsep-separated); `env`: another
+    mapping than the process's settings (core.settings)."""
+    if env is None:
+        return list(settings.current().screen_roots)
+    return list(settings.parse_roots(env.get(ROOTS_ENV, "")))
 
 
 def resolve_inside_roots(path: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> Path:

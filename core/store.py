@@ -20,8 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core import patients
 from core.errors import ConfigError
 from core.records import RunKind, RunSettings
+from core.rows import FileRow, ResultRow
+from core.settings import current as current_settings
 
 DEFAULT_DB = Path(__file__).resolve().parents[1] / "data" / "screening.db"
 BUSY_TIMEOUT_MS = 60_000
@@ -37,7 +40,7 @@ def utc_now() -> str:
 
 def default_db_path() -> Path:
     """$DR_DB_PATH or <repo>/data/screening.db; the parent folder is created."""
-    path = Path(os.environ.get("DR_DB_PATH") or DEFAULT_DB)
+    path = Path(current_settings().db_path or DEFAULT_DB)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -76,48 +79,6 @@ class RunInfo:
             return None
         then = datetime.fromisoformat(self.last_activity)
         return max(0.0, ((now or datetime.now(timezone.utc)) - then).total_seconds() / 60)
-
-
-@dataclass(frozen=True)
-class FileRow:
-    """One file seen in a run. duplicate_of names the earlier file with the same content."""
-
-    run_id: int
-    file: str  # relative to the screened root (or the zip / upload name)
-    content_hash: str
-    patient: str
-    eye: str  # "right" | "left" | "unknown"
-    field_index: int
-    duplicate_of: str | None = None
-    error: str | None = None  # read/decode error (no result rows then carry a grade)
-
-
-@dataclass(frozen=True)
-class ResultRow:
-    """One photo graded by one bundle (or the error that stopped it)."""
-
-    run_id: int
-    file: str
-    content_hash: str
-    patient: str
-    eye: str
-    field_index: int
-    model: str
-    version: str
-    bundle_key: str
-    grade: int | None
-    probs: tuple[float, ...] | None
-    p_referable: float | None
-    p_vision_threatening: float | None
-    referable: bool | None
-    vtdr: bool | None
-    confidence: float | None
-    quality_level: str | None
-    quality_reasons: tuple[str, ...]
-    urgency: int  # core.grading.Urgency value
-    error: str | None = None
-    created_at: str = ""
-    review_reasons: tuple[str, ...] = ()  # core.grading.Decision.review_reasons
 
 
 @dataclass(frozen=True)
@@ -447,8 +408,6 @@ class Store:
 
     def worklist(self, run_id: int, *, review_below: float | None = None) -> Any:
         """The run's urgency-sorted worklist (core.patients.Worklist)."""
-        from core import patients  # local: patients is pure logic and does not need the store
-
         threshold = patients.REVIEW_CONFIDENCE if review_below is None else review_below
         info = self.run(run_id)
         return patients.build_worklist(self.files_for_run(run_id), self.results_for_run(run_id),

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from core.archs.tiers import tier_names
 from core.errors import ConfigError
 from core.preprocessing import PreprocessSpec
 from core.strict import parse_strict, to_jsonable
@@ -50,7 +51,7 @@ class DataConfig:
 class ModelConfig:
     """Architecture per tier. timm name for the baseline; ViT kwargs / checkpoint for RETFound."""
 
-    tier: Literal["baseline", "retfound", "lora"] = "baseline"
+    tier: str = "baseline"  # a registered tier (core.archs.tiers); checked by load_config
     name: str = "resnet50"  # timm name (baseline)
     pretrained: bool = False
     weights_path: str | None = None  # local timm weights for pretrained=True offline
@@ -137,7 +138,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
             raise ConfigError(f"--set expects key=value, got {item!r} (e.g. optim.lr=1e-4)")
         key, raw = item.split("=", 1)
         _assign(data, key.strip(), yaml.safe_load(raw))
-    return parse_strict(TrainConfig, data, source=str(path or "config"), error=ConfigError)
+    source = str(path or "config")
+    config = parse_strict(TrainConfig, data, source=source, error=ConfigError)
+    if config.model.tier not in tier_names():
+        raise ConfigError(f"{source}: field 'model.tier': must be one of {list(tier_names())}, "
+                          f"got {config.model.tier!r}")
+    return config
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from core.settings import current as current_settings
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,13 @@ class DistInfo:
 
 def init_distributed() -> DistInfo:
     """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    settings = current_settings()  # WORLD_SIZE and LOCAL_RANK, as torchrun sets them
+    world = settings.world_size
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = settings.local_rank
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
     return DistInfo(dist.get_rank(), world, local)

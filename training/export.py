@@ -11,8 +11,8 @@ logits' scale; otherwise the .onnx file is deleted and the command fails.
 Exporter: opset >= 18 uses torch's torch.export-based exporter (the default since torch 2.9;
 needs the `onnxscript` package, works offline). It cannot emit opset < 18 reliably (its
 down-converter fails on ViT graphs), so `--opset 17` or lower uses the legacy TorchScript
-exporter, which honours the opset. LoRA bundles are merged into a plain ViT first
-(RETFoundLoRA.merge_and_unload), so the ONNX graph has no adapter branches.
+exporter, which honours the opset. The bundle's tier says what is exported (Tier.exportable):
+LoRA bundles are merged into a plain ViT first, so the ONNX graph has no adapter branches.
 
 The model's input is the preprocessed, normalised NCHW float32 tensor (core.preprocessing:
 field crop, resize, normalise happen outside the graph); its output is raw logits. The sidecar
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.bundle import Bundle, build_bundle_model, load_bundle, sha256_file
+from core.bundle import Bundle, build_bundle_model, load_bundle, sha256_file, tier_of
 from core.errors import BundleError, ConfigError, DRError
 from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE, RETFOUND_LICENSE_NOTICE
 
@@ -84,13 +84,7 @@ def exportable_model(bundle: Bundle) -> nn.Module:
             f"Bundle {bundle.name!r} outputs {list(bundle.manifest.outputs)}, not ICDR grades: "
             "it is an encoder for training. Fine-tune it (python -m training.train_retfound or "
             "train_lora) and export the resulting bundle instead.")
-    model = build_bundle_model(bundle)
-    if bundle.manifest.tier == "lora":
-        from core.archs.lora import RETFoundLoRA
-
-        if not isinstance(model, RETFoundLoRA):
-            raise BundleError(f"{bundle.path}: a 'lora' bundle did not build a RETFoundLoRA model")
-        model = model.merge_and_unload()
+    model = tier_of(bundle).exportable(build_bundle_model(bundle))
     return model.float().eval()
 
 
@@ -158,7 +152,7 @@ def write_sidecar(bundle: Bundle, onnx_path: Path, check: ParityCheck, opset: in
         "model": {"name": m.name, "version": m.version, "tier": m.tier, "demo": m.demo,
                   "bundle_key": bundle.key, "base_bundle": m.base_bundle, "license": m.license,
                   "architecture": dataclasses.asdict(m.architecture),
-                  "lora_merged": m.tier == "lora"},
+                  "lora_merged": tier_of(bundle).needs_base},  # adapters folded into the base
         "onnx": {"file": onnx_path.name, "sha256": sha256_file(onnx_path), "opset": opset,
                  "exporter": exporter, "torch": torch.__version__, "onnx": onnx.__version__,
                  "onnxruntime": onnxruntime.__version__,

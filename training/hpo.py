@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.archs.tiers import get_tier
 from core.bundle import Bundle, load_bundle
 from core.errors import ConfigError, DRError
 from training.config import TrainConfig, load_config, save_config
@@ -59,27 +60,25 @@ from training.loop import Trainer, make_loaders
 from training.run import CONFIG_DIR, ensure_synthetic_data
 from training.tiers import build_setup
 
-LR_RANGE = {"baseline": (1e-5, 3e-3), "retfound": (1e-5, 1e-3), "lora": (1e-5, 1e-3)}
 BATCH_SIZES = (8, 16, 32)
 LORA_R = (4, 8, 16, 32)
 LORA_ALPHA = (8, 16, 32, 64)
 DROPOUT_RANGE = (0.0, 0.5)
-DROPOUT_KEY = {"baseline": "model.dropout_rate", "retfound": "model.drop_path_rate",
-               "lora": "model.head_dropout"}
 ALL_PARAMS = ("lr", "batch_size", "dropout", "lora_r", "lora_alpha")
-LORA_ONLY = ("lora_r", "lora_alpha")
+# Per tier (core.archs.tier.Tier): which of these it searches (`search`), its lr range
+# (`lr_range`) and the config key its "dropout" sets (`dropout_key`).
 
 OnEpoch = Callable[[int, float], None]
 
 
 # ----------------------------------------------------------------------------- search space
 def tier_params(tier: str, search: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The parameters searched for a tier (LoRA ones only for the LoRA tier)."""
+    """The parameters searched for a tier (LoRA ones only where the tier searches them)."""
     names = tuple(search) if search else ALL_PARAMS
     unknown = sorted(set(names) - set(ALL_PARAMS))
     if unknown:
         raise ConfigError(f"--search: unknown parameters {unknown}; choose from {list(ALL_PARAMS)}")
-    return tuple(n for n in names if tier == "lora" or n not in LORA_ONLY)
+    return tuple(n for n in names if n in get_tier(tier).search)
 
 
 def suggest_params(trial: Any, tier: str, names: Sequence[str]) -> dict[str, Any]:
@@ -87,7 +86,7 @@ def suggest_params(trial: Any, tier: str, names: Sequence[str]) -> dict[str, Any
     params: dict[str, Any] = {}
     for name in names:
         if name == "lr":
-            params[name] = trial.suggest_float("lr", *LR_RANGE[tier], log=True)
+            params[name] = trial.suggest_float("lr", *get_tier(tier).lr_range, log=True)
         elif name == "batch_size":
             params[name] = trial.suggest_categorical("batch_size", list(BATCH_SIZES))
         elif name == "dropout":
@@ -108,7 +107,7 @@ def param_overrides(tier: str, params: dict[str, Any]) -> list[str]:
         elif name == "batch_size":
             out.append(f"optim.batch_size={value}")
         elif name == "dropout":
-            out.append(f"{DROPOUT_KEY[tier]}={value!r}")
+            out.append(f"{get_tier(tier).dropout_key}={value!r}")
         else:
             out.append(f"model.{name}={value}")
     return out
@@ -235,7 +234,7 @@ def run_study(config: str | Path | None, overrides: Sequence[str] = (), *, trial
 def _lora_base_from_pth(cfg: TrainConfig, study_dir: Path) -> list[str]:
     """LoRA over a RETFound .pth: import it once as <study>/retfound-base and train over that."""
     ckpt = cfg.model.checkpoint_path
-    if cfg.model.tier != "lora" or not ckpt or not Path(ckpt).is_file():
+    if not get_tier(cfg.model.tier).needs_base or not ckpt or not Path(ckpt).is_file():
         return []
     folder = study_dir / "retfound-base"
     if not (folder / "manifest.json").is_file():

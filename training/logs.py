@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from core.settings import current as current_settings
 from training.config import TrainConfig
 
 
@@ -79,6 +79,5 @@ def _start_wandb(run_dir: Path, cfg: TrainConfig):
     except ImportError as exc:
         raise ConfigError("--wandb needs the wandb package (pip install wandb); it runs in "
                           "offline mode unless WANDB_MODE says otherwise") from exc
-    os.environ.setdefault("WANDB_MODE", "offline")
     return wandb.init(project="dr-screening", name=cfg.run_name, dir=str(run_dir),
-                      config=cfg.to_dict())
+                      config=cfg.to_dict(), mode=current_settings().wandb_mode)

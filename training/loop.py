@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-import signal
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from training.metrics import evaluate
 from training.tiers import TierSetup
 
 MAX_BAD_STEPS = 10
-CRASH_ENV = "DR_TRAIN_CRASH_AT_STEP"  # fault injection for the resume test: SIGKILL at step N
+StepHook = Callable[[int], None]  # called after every batch with the optimiser step count
 # What a resumed run may change: when to stop, and where the outputs go. Anything else (data,
 # model, learning rate...) would silently mix two experiments in one set of weights.
 RESUMABLE_CHANGES = frozenset({
@@ -89,13 +89,16 @@ class Trainer:
     """Runs epochs for one TierSetup; checkpointing and logging included."""
 
     def __init__(self, cfg: TrainConfig, setup: TierSetup, loaders: Loaders, run_dir: Path,
-                 dist_info: DistInfo, progress: bool = True) -> None:
+                 dist_info: DistInfo, progress: bool = True,
+                 step_hooks: Sequence[StepHook] = ()) -> None:
+        """step_hooks: callbacks after every batch (tests inject faults here, e.g. a kill)."""
         self.cfg, self.setup, self.loaders, self.run_dir = cfg, setup, loaders, run_dir
         self.dist, self.progress = dist_info, progress
+        self.step_hooks = tuple(step_hooks)
         self.device = _device(cfg, dist_info)
-        self.cnn = setup.tier == "baseline"
+        self.channels_last = setup.channels_last and self.device.type == "cuda"
         self.model = setup.model.to(self.device)
-        if self.cnn and self.device.type == "cuda":
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.amp_dtype = _amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -203,7 +206,8 @@ class Trainer:
                 self._optimizer_step()
             losses.append(loss.detach().item() * cfg.optim.grad_accum)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            _maybe_crash(self.state.step)
+            for hook in self.step_hooks:
+                hook(self.state.step)
         return float(np.mean(losses)) if losses else float("nan")
 
     def _optimizer_step(self) -> None:
@@ -273,7 +277,7 @@ class Trainer:
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
-        if self.cnn and self.device.type == "cuda":
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -328,12 +332,6 @@ def config_changes(old: dict | None, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}")
     return out
-
-
-def _maybe_crash(step: int) -> None:
-    target = os.environ.get(CRASH_ENV)
-    if target is not None and step >= int(target):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _state_dict(state: LoopState) -> dict:

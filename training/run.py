@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from training.datasets import load_records
 from training.distributed import barrier, init_distributed, shutdown
 from training.finalize import calibrate_and_evaluate, load_best, write_bundle
 from training.image_cache import build_cache
-from training.loop import Trainer, make_loaders
+from training.loop import StepHook, Trainer, make_loaders
 from training.splits import held_out_metrics, make_splits, score_splits
 from training.tiers import build_setup
 
@@ -37,7 +38,9 @@ class RunResult:
     history: list[dict]
 
 
-def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> RunResult:
+def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
+        step_hooks: Sequence[StepHook] = ()) -> RunResult:
+    """step_hooks: passed to the Trainer (tests inject faults there)."""
     info = init_distributed()
     try:
         torch.manual_seed(cfg.seed)
@@ -62,7 +65,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Run
                                [r.grade for r in train], [rows[r.id] for r in val],
                                [r.grade for r in val], info)
         setup = build_setup(cfg)
-        trainer = Trainer(cfg, setup, loaders, run_dir, info, progress=progress)
+        trainer = Trainer(cfg, setup, loaders, run_dir, info, progress=progress,
+                          step_hooks=step_hooks)
         if resume and trainer.load_checkpoint():
             trainer.logger.rewrite(trainer.state.history)
             trainer.logger.note(f"resumed at epoch {trainer.state.epoch + 1}")
@@ -109,8 +113,9 @@ def _plots(run_dir: Path, metrics: dict, history: list[dict], y: np.ndarray, log
         training_curves_png(history, run_dir / "training_curves.png")
 
 
-def main(tier: str, argv: list[str] | None = None) -> int:
-    """CLI shared by the three tier commands."""
+def main(tier: str, argv: list[str] | None = None, *,
+         step_hooks: Sequence[StepHook] = ()) -> int:
+    """CLI shared by the three tier commands (step_hooks: see run)."""
     parser = argparse.ArgumentParser(prog=f"python -m training.train_{tier}",
                                      description=f"Train the {tier} tier and write a bundle.")
     parser.add_argument("--config", default=str(CONFIG_DIR / f"{tier}.yaml"))
@@ -129,7 +134,8 @@ def main(tier: str, argv: list[str] | None = None) -> int:
             "model.tier": tier, "model.checkpoint_path": args.checkpoint_path,
             "optim.epochs": args.epochs, "optim.batch_size": args.batch_size,
             "optim.lr": args.lr})
-        result = run(cfg, resume=args.resume, progress=not args.no_progress)
+        result = run(cfg, resume=args.resume, progress=not args.no_progress,
+                     step_hooks=step_hooks)
     except DRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

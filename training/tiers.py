@@ -1,32 +1,25 @@
 """Per-tier setup for the one training loop: model, parameter groups, stages, export.
 
-baseline: DRClassifier, two stages (head only for `freeze_epochs`, then everything).
-retfound: ViT fully fine-tuned with layer-wise lr decay (0.65) and drop path.
-lora:     frozen ViT + LoRA on the target modules + head; exported as adapters over a base bundle.
+What differs between tiers is the tier's business (core.archs.tier_*: baseline = DRClassifier
+in two stages, retfound = ViT fully fine-tuned, lora = frozen ViT + LoRA exported as adapters
+over a base bundle); this module asks the registered tier and adds what is the same for all:
+RETFound's layer-wise lr decay wherever the model is a ViT, and no weight decay on biases,
+norms and position tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from core.archs.baseline import DRClassifier
-from core.archs.lora import RETFoundLoRA
-from core.archs.retfound import (
-    build_retfound_vit,
-    init_retfound_head,
-    load_retfound_model,
-    retfound_builder_kwargs,
-)
-from core.bundle import Bundle, build_bundle_model, load_bundle, read_weights, save_bundle
-from core.errors import ConfigError
-from core.explain import suggest_layer
-from core.lora_bundle import save_lora_bundle
-from core.manifest import ArchitectureSpec, ExplanationSpec, Manifest
+from core.archs.specs import ArchitectureSpec, ExplanationSpec
+from core.archs.tier import Tier, TrainingStart
+from core.archs.tiers import get_tier
+from core.bundle import Bundle, build_bundle_model, load_bundle, read_weights, save_model_bundle
+from core.manifest import Manifest
 from training.config import TrainConfig
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "reg_token")
@@ -44,100 +37,59 @@ class TierSetup:
     freeze_epochs: int = 0
     license: str | None = None
 
+    @property
+    def kind(self) -> Tier:
+        """The registered tier (core.archs.tiers) this setup trains."""
+        return get_tier(self.tier)
+
+    @property
+    def channels_last(self) -> bool:
+        """NHWC on CUDA, as the tier decides for this model's architecture."""
+        return self.kind.channels_last(self.explanation.arch)
+
     def param_groups(self, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
-        vit = _vit_of(self.model)
+        prefix = self.kind.layer_prefix
+        vit = _vit_of(self.model, prefix)
+        keep_frozen = self.kind.staged
         if vit is None:
-            return _groups(self.model, lr, weight_decay, lambda name: 1.0)
+            return _groups(self.model, lr, weight_decay, lambda name: 1.0, keep_frozen)
         depth = len(vit.blocks)
-        prefix = "vit." if isinstance(self.model, RETFoundLoRA) else ""
         return _groups(self.model, lr, weight_decay,
-                       lambda name: layer_decay ** (depth + 1 - _layer_id(name[len(prefix):], depth)))
+                       lambda name: layer_decay ** (depth + 1 - _layer_id(name[len(prefix):], depth)),
+                       keep_frozen)
 
     def set_epoch(self, epoch: int) -> None:
-        """Baseline stage switch: backbone frozen for the first `freeze_epochs` epochs."""
-        if isinstance(self.model, DRClassifier) and self.freeze_epochs > 0:
-            if epoch < self.freeze_epochs:
-                self.model.freeze_backbone()
-            else:
-                self.model.unfreeze_backbone()
+        """Stage switches (baseline: backbone frozen for the first `freeze_epochs` epochs)."""
+        self.kind.set_epoch(self.model, epoch, self.freeze_epochs)
 
     def export(self, out_dir: Path, manifest: Manifest, card: str) -> Bundle:
-        if isinstance(self.model, RETFoundLoRA):
-            return save_lora_bundle(out_dir, self.model, manifest, card)
-        return save_bundle(out_dir, manifest, self.model.state_dict(), card)
+        return save_model_bundle(out_dir, manifest, self.model, card)
 
 
 def build_setup(cfg: TrainConfig) -> TierSetup:
+    tier = get_tier(cfg.model.tier)
+    built = tier.training_model(training_start(cfg))
+    return TierSetup(tier.name, built.model, built.architecture, built.explanation,
+                     base_bundle=built.base_bundle, freeze_epochs=built.freeze_epochs,
+                     license=built.license)
+
+
+def training_start(cfg: TrainConfig) -> TrainingStart:
+    """The config, and the bundle `model.checkpoint_path` names when it is a bundle folder."""
     m = cfg.model
-    if m.tier == "baseline":
-        model = DRClassifier(m.name, num_classes=5, pretrained=m.pretrained,
-                             dropout_rate=m.dropout_rate, weights_path=m.weights_path)
-        arch = ArchitectureSpec("timm_classifier", {"model_name": m.name, "num_classes": 5,
-                                                    "dropout_rate": m.dropout_rate})
-        return TierSetup("baseline", model, arch,
-                         ExplanationSpec(suggest_layer(model, "cnn", cfg.preprocessing.input_size),
-                                         arch="cnn"),
-                         freeze_epochs=cfg.optim.freeze_epochs)
-    vit, base = _load_vit(cfg)
-    if m.grad_checkpointing:
-        vit.set_grad_checkpointing(True)
-    layer = f"blocks.{len(vit.blocks) - 1}.norm1"
-    explanation = ExplanationSpec(layer, arch="vit")
-    if m.tier == "retfound":
-        kwargs = retfound_builder_kwargs(vit) | {"drop_path_rate": 0.0}
-        return TierSetup("retfound", vit, ArchitectureSpec("retfound_vit", kwargs), explanation,
-                         license=_license(m.checkpoint_path))
-    if base is None:
-        raise ConfigError("LoRA training needs model.checkpoint_path = a base bundle folder "
-                          "(import a RETFound .pth first with python -m training.import_retfound)")
-    model = RETFoundLoRA.from_model(vit, 5, m.lora_r, m.lora_alpha, m.lora_dropout,
-                                    m.head_dropout, m.target_modules)
-    return TierSetup("lora", model, base.manifest.architecture, explanation, base_bundle=base,
-                     license=base.manifest.license)
+    start = TrainingStart(m, cfg.preprocessing.input_size, cfg.optim.freeze_epochs)
+    if not (m.checkpoint_path and Path(m.checkpoint_path).is_dir()):
+        return start
+    base = load_bundle(m.checkpoint_path)
+    return TrainingStart(m, cfg.preprocessing.input_size, cfg.optim.freeze_epochs, base=base,
+                         base_model=lambda: build_bundle_model(base),
+                         base_weights=lambda: read_weights(base))
 
 
-def _load_vit(cfg: TrainConfig) -> tuple[nn.Module, Bundle | None]:
-    """From a bundle folder (encoder or fine-tuned), a RETFound .pth, or random (demo)."""
-    m = cfg.model
-    size = cfg.preprocessing.input_size
-    if m.checkpoint_path and Path(m.checkpoint_path).is_dir():
-        base = load_bundle(m.checkpoint_path)
-        if base.manifest.architecture.builder != "retfound_vit":
-            raise ConfigError(f"{m.checkpoint_path} is not a RETFound-layout bundle")
-        if m.tier == "lora":
-            vit = build_bundle_model(base)
-        else:
-            vit = _vit_from_bundle(base, m.drop_path_rate)
-        return vit, base
-    if m.checkpoint_path:
-        return load_retfound_model(m.checkpoint_path, num_classes=5, global_pool=m.global_pool,
-                                   img_size=size, drop_path_rate=m.drop_path_rate), None
-    kwargs: dict[str, Any] = {"img_size": size, "global_pool": m.global_pool} | dict(m.vit)
-    return build_retfound_vit(num_classes=5, drop_path_rate=m.drop_path_rate, **kwargs), None
-
-
-def _vit_from_bundle(base: Bundle, drop_path_rate: float) -> nn.Module:
-    """Full fine-tuning starts from a bundle's encoder; the head is re-initialised if absent."""
-    kwargs = dict(base.manifest.architecture.kwargs) | {"num_classes": 5,
-                                                        "drop_path_rate": drop_path_rate}
-    vit = build_retfound_vit(**kwargs)
-    state = {k: v for k, v in read_weights(base).items() if not k.startswith("head.")}
-    result = vit.load_state_dict(state, strict=False)
-    bad = [k for k in result.missing_keys if not k.startswith("head.")] + result.unexpected_keys
-    if bad:
-        raise ConfigError(f"{base.path}: encoder weights do not fit: {bad}")
-    init_retfound_head(vit)
-    return vit
-
-
-def _license(checkpoint: str | None) -> str | None:
-    return "CC BY-NC 4.0 (derived from RETFound weights)" if checkpoint else None
-
-
-def _vit_of(model: nn.Module) -> nn.Module | None:
-    if isinstance(model, RETFoundLoRA):
-        return model.vit
-    return model if hasattr(model, "blocks") and hasattr(model, "patch_embed") else None
+def _vit_of(model: nn.Module, prefix: str) -> nn.Module | None:
+    """The ViT inside the model (at `prefix`), or None when it is not one."""
+    inner = model.get_submodule(prefix.rstrip(".")) if prefix else model
+    return inner if hasattr(inner, "blocks") and hasattr(inner, "patch_embed") else None
 
 
 def _layer_id(name: str, depth: int) -> int:
@@ -149,11 +101,13 @@ def _layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def _groups(model: nn.Module, lr: float, weight_decay: float, scale_of) -> list[dict]:
-    """One group per (lr scale, decay?) pair; no decay for biases, norms and position tokens."""
+def _groups(model: nn.Module, lr: float, weight_decay: float, scale_of,
+            keep_frozen: bool) -> list[dict]:
+    """One group per (lr scale, decay?) pair; no decay for biases, norms and position tokens.
+    Frozen parameters are left out unless the tier unfreezes them later (`keep_frozen`)."""
     groups: dict[tuple[float, bool], dict] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad and not isinstance(model, DRClassifier):
+        if not param.requires_grad and not keep_frozen:
             continue  # frozen for the whole run (LoRA base)
         no_decay = param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
         scale = scale_of(name)

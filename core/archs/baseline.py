@@ -8,7 +8,6 @@ it never falls back to random weights silently.
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,7 @@ from torch import nn
 
 from core.archs.imagenet_weights import create_pretrained, has_package_weights
 from core.errors import ConfigError, WeightsUnavailableError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup must fail fast, not hang
+from core.settings import current as current_settings
 
 
 def _check_model_name(model_name: str) -> None:
@@ -47,13 +45,17 @@ def _create_backbone(model_name: str, pretrained: bool, weights_path: str | None
 
 
 def _create_from_hub(model_name: str, **timm_kwargs: Any) -> nn.Module:
-    """Hub download only when the user opted in with HF_HUB_OFFLINE=0; wrapped errors otherwise."""
+    """Hub download only when the user opted in with HF_HUB_OFFLINE=0; wrapped errors otherwise.
+
+    Checked here, before timm is asked, so that a hub lookup fails fast instead of hanging
+    (this module used to set HF_HUB_OFFLINE=1 for the whole process when imported).
+    """
     offline_hint = (
         f"pretrained=True for {model_name!r} needs ImageNet weights. Pass "
         "weights_path='/path/to/model.safetensors' (a local timm weights file), or "
         "pretrained=False to start from random weights on purpose."
     )
-    if os.environ.get("HF_HUB_OFFLINE", "1") != "0":
+    if not current_settings().hub_downloads:
         raise WeightsUnavailableError(offline_hint + " (Hub downloads are off: HF_HUB_OFFLINE=1; "
                                       "set HF_HUB_OFFLINE=0 on a machine with internet access.)")
     try:

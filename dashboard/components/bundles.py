@@ -6,15 +6,34 @@ session shares one copy of each model; the first load shows a spinner.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import streamlit as st
 
+from core.archs.tiers import get_tier, tier_names
 from core.bundle import Bundle, Discovery, discover_bundles, load_bundle
 from core.cache import ModelCache, default_cache
 from core.explain import METHODS, SCORECAM_MAX_CPU_PARAMS
 from core.grading import near_chance
 from core.predict import Predictor
 
-TIER_NAMES = {"baseline": "Baseline CNN", "retfound": "RETFound", "lora": "RETFound + LoRA"}
+
+class _TierLabels(Mapping[str, str]):
+    """Tier name -> what the pages call it, from the tier registry (core.archs.tiers)."""
+
+    def __getitem__(self, name: str) -> str:
+        if name not in tier_names():
+            raise KeyError(name)
+        return get_tier(name).label or name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tier_names())
+
+    def __len__(self) -> int:
+        return len(tier_names())
+
+
+TIER_NAMES: Mapping[str, str] = _TierLabels()
 
 
 def installed() -> Discovery:

@@ -6,12 +6,11 @@ from collections.abc import Iterable
 
 import streamlit as st
 
-from core.bundle import Bundle
+from core.bundle import Bundle, tier_of
 from core.grading import headline_figures, near_chance
 from core.wording import (
     DEMO_NOTICE,
     RESEARCH_USE_NOTICE,
-    RETFOUND_LICENSE_NOTICE,
     real_data_notice,
 )
 
@@ -55,6 +54,8 @@ def _figures(evaluation: dict) -> str:
 
 
 def licence_notice_ui(bundles: Iterable[Bundle]) -> None:
-    """RETFound-derived weights carry a non-commercial licence."""
-    if any(b.manifest.tier in ("retfound", "lora") for b in bundles):
-        st.caption(RETFOUND_LICENSE_NOTICE)
+    """RETFound-derived weights carry a non-commercial licence (each tier names its notice)."""
+    notices = dict.fromkeys(tier_of(b).licence_notice for b in bundles)
+    for notice in notices:
+        if notice:
+            st.caption(notice)

@@ -18,7 +18,6 @@ from core.cache import ModelCache
 from core.predict import Predictor
 from tests.training.conftest import tiny_overrides
 from training.config import load_config
-from training.loop import CRASH_ENV
 from training.run import run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,8 +78,11 @@ def test_lora_tier_learns_over_a_base_bundle(tmp_path, synthetic_aptos, retfound
     Predictor(bundle, "cpu", cache=ModelCache()).predict(_first_image(synthetic_aptos))
 
 
-def _cli(tier, overrides, env=None, resume=False):
-    cmd = [sys.executable, "-m", f"training.train_{tier}", "--no-progress"]
+def _cli(tier, overrides, env=None, resume=False, crash_at=None):
+    """crash_at: the run SIGKILLs itself at that step (a step hook, tests/training/crash_main)."""
+    entry = [f"training.train_{tier}"] if crash_at is None else [
+        "tests.training.crash_main", str(crash_at), tier]
+    cmd = [sys.executable, "-m", *entry, "--no-progress"]
     cmd += [arg for o in overrides for arg in ("--set", o)] + (["--resume"] if resume else [])
     return subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
                           text=True, timeout=600)
@@ -91,7 +93,7 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(tmp_path, synthetic
     base += ["optim.epochs=3", "optim.class_balance=sampler"]
     straight = _cli("baseline", base + ["run_name=straight"])
     assert straight.returncode == 0, straight.stderr[-2000:]
-    crashed = _cli("baseline", base + ["run_name=crashed"], env={CRASH_ENV: "6"})
+    crashed = _cli("baseline", base + ["run_name=crashed"], crash_at=6)
     assert crashed.returncode == -9, crashed.stderr[-2000:]  # SIGKILL mid-epoch 2
     resumed = _cli("baseline", base + ["run_name=crashed"], resume=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

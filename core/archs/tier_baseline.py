@@ -1,0 +1,43 @@
+"""Tier 1, "baseline": a timm CNN (DRClassifier) trained in two stages, served as one module."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from core.archs.specs import ArchitectureSpec, ExplanationSpec
+from core.archs.tier import Tier, TrainableModel, TrainingStart
+
+
+class BaselineTier(Tier):
+    name = "baseline"
+    label = "Baseline CNN"
+    staged = True  # head only for `freeze_epochs`, then everything
+    lr_range = (1e-5, 3e-3)
+    dropout_key = "model.dropout_rate"
+
+    def channels_last(self, arch: str) -> bool:
+        return arch == "cnn"
+
+    def training_model(self, start: TrainingStart) -> TrainableModel:
+        from core.archs.baseline import DRClassifier  # timm: imported when a model is made
+        from core.explain import suggest_layer
+
+        m = start.model
+        model = DRClassifier(m.name, num_classes=5, pretrained=m.pretrained,
+                             dropout_rate=m.dropout_rate, weights_path=m.weights_path)
+        arch = ArchitectureSpec("timm_classifier", {"model_name": m.name, "num_classes": 5,
+                                                    "dropout_rate": m.dropout_rate})
+        layer = suggest_layer(model, "cnn", start.input_size)
+        return TrainableModel(model, arch, ExplanationSpec(layer, arch="cnn"),
+                              freeze_epochs=start.freeze_epochs)
+
+    def set_epoch(self, model: nn.Module, epoch: int, freeze_epochs: int) -> None:
+        """Stage switch: backbone frozen for the first `freeze_epochs` epochs."""
+        if freeze_epochs > 0:
+            if epoch < freeze_epochs:
+                model.freeze_backbone()
+            else:
+                model.unfreeze_backbone()
+
+
+BASELINE = BaselineTier()
