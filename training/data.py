@@ -37,14 +37,16 @@ class CachedFundusDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, k: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """k: an index, or (epoch, index) from EpochTagged (what persistent workers need)."""
+        epoch, k = k if isinstance(k, tuple) else (self.epoch, k)
         if self._images is None:
             self._images = np.load(self.cache_folder / "images.npy", mmap_mode="r")
         row = self.rows[k]
         work = np.array(self._images[row])
         augment = None
         if self.augment:
-            augment = build_augment(np.random.default_rng([self.seed, self.epoch, row]))
+            augment = build_augment(np.random.default_rng([self.seed, epoch, row]))
         return finish_tensor(work, self.spec, augment=augment), self.grades[k]
 
     def __getstate__(self) -> dict:
@@ -83,6 +85,25 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank
+
+
+class EpochTagged(Sampler[tuple[int, int]]):
+    """An EpochSampler's indices as (epoch, index) pairs.
+
+    Persistent DataLoader workers hold their own copy of the dataset, made when they started:
+    `set_epoch` on the main process's copy never reaches them, and every epoch would replay
+    epoch 0's augmentations. The epoch travels with each index instead.
+    """
+
+    def __init__(self, sampler: EpochSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((epoch, k) for k in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 def class_weights(grades: Sequence[int]) -> torch.Tensor:

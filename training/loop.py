@@ -24,7 +24,7 @@ from tqdm import tqdm
 from core.devices import resolve_device
 from core.errors import ConfigError
 from training.config import TrainConfig
-from training.data import CachedFundusDataset, EpochSampler, class_weights
+from training.data import CachedFundusDataset, EpochSampler, EpochTagged, class_weights
 from training.distributed import DistInfo
 from training.logs import RunLogger
 from training.metrics import evaluate
@@ -71,7 +71,7 @@ def make_loaders(cfg: TrainConfig, cache_folder: Path, train_rows, train_grades,
     workers = cfg.data.num_workers
     common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
                   persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
-    train = DataLoader(train_ds, batch_size=cfg.optim.batch_size, sampler=sampler,
+    train = DataLoader(train_ds, batch_size=cfg.optim.batch_size, sampler=EpochTagged(sampler),
                        drop_last=len(train_ds) >= 2 * cfg.optim.batch_size, **common)
     val = eval_loader(cfg, cache_folder, val_rows, val_grades, **common)
     return Loaders(train, val, train_ds, sampler, np.asarray(val_grades))

@@ -209,6 +209,16 @@ def read_retfound_checkpoint(path: str | Path) -> dict[str, Tensor]:
     return _normalise_keys(state)
 
 
+def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's top-level entries that are not tensors or state dicts (e.g. "format",
+    "config", "epoch" of this project's MAE checkpoints), read the same safe way."""
+    raw = _load_file(Path(path))
+    if not isinstance(raw, dict):
+        return {}
+    return {k: v for k, v in raw.items()
+            if not isinstance(v, Tensor) and k not in ("model", "teacher", "optimizer")}
+
+
 def _load_file(path: Path) -> Any:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

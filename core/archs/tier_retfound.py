@@ -31,7 +31,15 @@ class RetfoundTier(Tier):
         vit = training_vit(start, reuse_base=False)
         kwargs = retfound_builder_kwargs(vit) | {"drop_path_rate": 0.0}
         return TrainableModel(vit, ArchitectureSpec("retfound_vit", kwargs), vit_explanation(vit),
-                              license=DERIVED_LICENSE if start.model.checkpoint_path else None)
+                              license=started_from_license(start))
+
+
+def started_from_license(start: TrainingStart) -> str | None:
+    """A base bundle passes its own licence on (None for an encoder pretrained here); a .pth
+    is taken to be RETFound's."""
+    if start.base is not None:
+        return start.base.manifest.license
+    return DERIVED_LICENSE if start.model.checkpoint_path else None
 
 
 def vit_explanation(vit: nn.Module) -> ExplanationSpec:

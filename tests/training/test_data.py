@@ -109,3 +109,34 @@ def test_sampler_is_deterministic_and_splits_ranks():
 def test_class_weights_favour_rare_grades():
     w = class_weights([0] * 8 + [2] * 2)
     assert w[2] > w[0] and w[1] == 0 and w[[0, 2]].mean() == pytest.approx(1.0)
+
+
+def test_persistent_workers_see_each_new_epoch(tmp_path):
+    """Every epoch draws new augmentations, also in persistent DataLoader workers (they keep the
+    dataset copy they started with, so set_epoch on the main process's copy never reached them
+    and every epoch replayed epoch 0)."""
+    from training.config import load_config
+    from training.datasets import LabelledImage
+    from training.distributed import DistInfo
+    from training.loop import make_loaders
+
+    spec = PreprocessSpec(input_size=64)
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(fundus_like(i, 128)).save(paths[-1])
+    records = [LabelledImage(p.stem, p, i, p.stem) for i, p in enumerate(paths)]
+    cache = build_cache(records, spec, tmp_path / "cache", workers=1, progress=False)
+    cfg = load_config(None, ["data.num_workers=1", "optim.batch_size=2", "data.augment=true",
+                             "preprocessing.input_size=64"])
+    loaders = make_loaders(cfg, cache.folder, [0, 1], [0, 1], [0, 1], [0, 1], DistInfo())
+    assert loaders.train.persistent_workers
+    seen = []
+    for epoch in range(3):
+        loaders.sampler.set_epoch(epoch)
+        loaders.train_ds.set_epoch(epoch)
+        images, grades = next(iter(loaders.train))
+        seen.append({int(g): x for g, x in zip(grades, images, strict=True)})
+    for grade in (0, 1):
+        assert not torch.equal(seen[0][grade], seen[1][grade])
+        assert not torch.equal(seen[1][grade], seen[2][grade])
