@@ -14,7 +14,8 @@ Stand-ins, where a README command names data that cannot exist in CI:
   real folder has hundreds of full-size photos; `../shared` beside the sandbox is this stand-in).
 Appended settings, where the exact text would train for minutes to hours:
 - training commands get TINY_TRAIN (`--set`, one epoch, small inputs) after their own text;
-  `training.hpo` also `--trials 2`;
+  `training.hpo` also `--trials 2`; `training.pretrain_mae` gets TINY_MAE and 8 synthetic photos
+  (a 2-block 64-d encoder), whose checkpoint the README's next commands then read;
 - `training.crossval` (5 folds, about 20 minutes on 2 cores by the README's own account) is
   skipped with that reason; tests/training/test_crossval.py runs it on tiny data.
 Not run: `pip install -r requirements.txt` (.ci/run runs exactly it before this suite; a test
@@ -43,6 +44,9 @@ README = REPO / "README.md"
 TINY_TRAIN = ("data.num_workers=0", "data.val_fraction=0.25", "optim.epochs=1",
               "optim.batch_size=8", "optim.warmup_epochs=0.5", "optim.patience=50",
               "tensorboard=false")
+TINY_MAE = ("model.size=test", "preprocessing.input_size=64", "data.cache_dir=null",
+            "data.num_workers=0", "optim.batch_size=4", "optim.epochs=1",
+            "optim.warmup_epochs=0.5", "tensorboard=false")
 TINY_CNN_INPUT = "preprocessing.input_size=64"  # the ViT tiers keep their size (tiny encoder)
 PER_COMMAND_S = 300
 
@@ -169,6 +173,9 @@ def _plan(cmd: str) -> tuple[str, str]:
         return text, "the test suite itself: .ci/run runs exactly this command"
     if module == "training.crossval":
         return text, "5-fold cross-validation: about 20 minutes on 2 cores (README)"
+    if module == "training.pretrain_mae":  # the tiny encoder, one epoch on 8 synthetic photos
+        flags = " ".join(f"--set {shlex.quote(s)}" for s in TINY_MAE)
+        return f"{text} --source synthetic:8 {flags}", ""
     if module.startswith("training.") and "--config" in text:
         extra = list(TINY_TRAIN)
         if "baseline" in text:
