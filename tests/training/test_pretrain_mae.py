@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -348,3 +349,41 @@ def test_figure_cli_draws_original_masked_and_reconstruction(pretrained, tmp_pat
     assert figure_main(["--checkpoint", str(tmp_path / "missing.pth"), "--synthetic", "1",
                         "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _eyepacs_layout(root: Path, n_patients: int) -> Path:
+    """Kaggle EyePACS names and trainLabels.csv over synthetic photos, both eyes per patient."""
+    (root / "train").mkdir(parents=True)
+    rows = []
+    for i in range(2 * n_patients):
+        name, grade = f"{10 + i // 2}_{'left' if i % 2 else 'right'}", (i // 2) % 5
+        cv2.imwrite(str(root / "train" / f"{name}.jpeg"),
+                    generate_fundus(grade, 500 + i, size=128).image[:, :, ::-1])
+        rows.append(f"{name},{grade}\n")
+    (root / "trainLabels.csv").write_text("image,level\n" + "".join(rows))
+    return root / "trainLabels.csv"
+
+
+def test_linear_probe_compares_pretrained_with_random_init(pretrained, tmp_path):
+    from core.synthetic import write_aptos_dataset
+    from training.mae.probe import main as probe_main
+
+    assert import_main([str(pretrained), "--out", str(tmp_path / "enc")]) == 0
+    train = write_aptos_dataset(tmp_path / "syn-train", 20, seed=1, size=128)
+    test = write_aptos_dataset(tmp_path / "syn-test", 15, seed=2, size=128)
+    real = _eyepacs_layout(tmp_path / "eyepacs", 10)
+    assert probe_main(["--encoder", str(tmp_path / "enc"), "--synthetic-train", str(train),
+                       "--synthetic-test", str(test), "--real", str(real),
+                       "--out", str(tmp_path / "probe")]) == 0
+    result = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert result["synthetic"]["n_test"] == 15 and result["real"]["n_patients"] == 10
+    auroc = result["real"]["referable_auroc"]
+    assert set(auroc) == {"MAE-pretrained", "random init", "difference"}
+    diff = auroc["difference"]
+    assert diff["value"] == pytest.approx(auroc["MAE-pretrained"]["value"]
+                                          - auroc["random init"]["value"])
+    assert diff["ci95"][0] <= diff["value"] <= diff["ci95"][1]
+    kappa = result["synthetic"]["quadratic_kappa"]["MAE-pretrained"]
+    assert -1 <= kappa["ci95"][0] <= kappa["value"] <= kappa["ci95"][1] <= 1
+    assert "| real referable AUROC" in (tmp_path / "probe" / "probe.md").read_text()
+    assert probe_main(["--encoder", str(tmp_path / "missing")]) == 2  # a clear error, no trace
