@@ -54,8 +54,12 @@ def _figures(evaluation: dict) -> str:
 
 
 def licence_notice_ui(bundles: Iterable[Bundle]) -> None:
-    """RETFound-derived weights carry a non-commercial licence (each tier names its notice)."""
-    notices = dict.fromkeys(tier_of(b).licence_notice for b in bundles)
+    """RETFound-derived weights carry a non-commercial licence (each tier names its notice).
+
+    Only bundles that carry a licence: a ViT tier started from an encoder pretrained by this
+    project holds no RETFound weights, and its manifest says so (license null).
+    """
+    notices = dict.fromkeys(tier_of(b).licence_notice for b in bundles if b.manifest.license)
     for notice in notices:
         if notice:
             st.caption(notice)

@@ -142,3 +142,22 @@ def test_the_default_grader_is_a_measured_model_trained_on_real_photos(tmp_path)
                      evaluation={"referable": {"auroc": 0.6}, "kappa_quadratic": 0.1})
     names = [b.name for b in graders(discover_bundles(tmp_path))]
     assert names == ["z-real", "c-chance", "y-real-weak", "a-demo", "b-unmeasured"]
+
+
+def test_licence_notice_only_for_bundles_that_carry_a_licence(monkeypatch):
+    """A ViT tier started from this project's own MAE encoder holds no RETFound weights: no
+    CC BY-NC caption for it; an imported-RETFound one keeps it."""
+    from types import SimpleNamespace
+
+    import dashboard.components.notice as notice
+
+    shown: list[str] = []
+    monkeypatch.setattr(notice.st, "caption", shown.append)
+
+    def vit(licence):
+        return SimpleNamespace(manifest=SimpleNamespace(tier="retfound", license=licence))
+
+    notice.licence_notice_ui([vit(None)])
+    assert shown == []
+    notice.licence_notice_ui([vit(None), vit("CC BY-NC 4.0 (derived from RETFound weights)")])
+    assert len(shown) == 1 and "CC BY-NC" in shown[0]
