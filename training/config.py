@@ -94,6 +94,11 @@ class OptimConfig:
     # kappa on a few dozen real photos and is the screening decision itself
     select_metric: Literal["kappa_quadratic", "referable_auroc"] = "kappa_quadratic"
     min_sensitivity: float = 0.9  # operating point for the referable threshold
+    # knowledge distillation (training.distill): a grader bundle folder whose raw logits are
+    # soft targets; loss = alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * hard loss
+    distill_from: str | None = None
+    distill_alpha: float = 0.7
+    distill_temperature: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     if config.model.tier not in tier_names():
         raise ConfigError(f"{source}: field 'model.tier': must be one of {list(tier_names())}, "
                           f"got {config.model.tier!r}")
+    _check_distill(config.optim, source)
     return config
+
+
+def _check_distill(optim: OptimConfig, source: str) -> None:
+    """Ranges of the distillation settings (the teacher bundle itself: training.distill)."""
+    if not 0.0 <= optim.distill_alpha <= 1.0:
+        raise ConfigError(f"{source}: field 'optim.distill_alpha': must lie in [0, 1] (the "
+                          f"weight of the teacher's soft targets), got {optim.distill_alpha!r}")
+    if not 0.0 < optim.distill_temperature < float("inf"):
+        raise ConfigError(f"{source}: field 'optim.distill_temperature': must be finite and > 0, got "
+                          f"{optim.distill_temperature!r}")
+    if optim.distill_from is not None and not str(optim.distill_from).strip():
+        raise ConfigError(f"{source}: field 'optim.distill_from': empty; give a grader bundle "
+                          "folder (e.g. models/demo-baseline) or null")
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

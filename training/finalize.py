@@ -18,6 +18,7 @@ from core.wording import (
 )
 from training.calibration import apply_temperature, fit_temperature
 from training.config import TrainConfig
+from training.distill import distill_note
 from training.evaluate_cross_dataset import metric_value
 from training.metrics import (
     choose_referable_threshold,
@@ -60,21 +61,28 @@ def write_bundle(cfg: TrainConfig, setup: TierSetup, run_dir: Path, calibration:
     name = cfg.bundle_name or cfg.run_name
     out = Path(cfg.bundle_dir) if cfg.bundle_dir else run_dir / "bundle"
     resolved = cfg.to_dict()
+    distilled = distill_note(cfg.optim)
+    training_data = _data_line(cfg, data_summary)
+    if distilled:
+        training_data += f"; soft targets distilled from {distilled}"
     manifest = Manifest(
         name=name, version=cfg.version, tier=setup.tier, created=utc_now(),
         git_commit=git_commit(), architecture=setup.architecture,
         preprocessing=cfg.preprocessing, explanation=setup.explanation,
         weights=WeightsSpec("weights.safetensors", ""),
-        provenance=Provenance(training_data=_data_line(cfg, data_summary),
+        provenance=Provenance(training_data=training_data,
                               config_hash=config_hash(resolved), run_dir=str(run_dir),
                               command=" ".join(["python -m"] + _argv())),
         demo=cfg.demo, calibration=calibration, evaluation=_jsonable(metrics),
         base_bundle=setup.base_bundle.path.name if setup.base_bundle else None,
         license=setup.license)
-    return setup.export(out, manifest, model_card(manifest, metrics, data_summary))
+    card = model_card(manifest, metrics, data_summary, distilled_from=distilled)
+    return setup.export(out, manifest, card)
 
 
-def model_card(manifest: Manifest, metrics: dict, data_summary: dict) -> str:
+def model_card(manifest: Manifest, metrics: dict, data_summary: dict, *,
+               distilled_from: str | None = None) -> str:
+    """distilled_from: the teacher whose soft targets trained the model (distill_note)."""
     notice = DEMO_NOTICE if manifest.demo else real_data_notice(manifest.provenance.training_data)
     lines = [
         f"# {manifest.name} (version {manifest.version})", "",
@@ -82,6 +90,8 @@ def model_card(manifest: Manifest, metrics: dict, data_summary: dict) -> str:
         f"- Tier: `{manifest.tier}`; architecture `{manifest.architecture.builder}` "
         f"{json.dumps(manifest.architecture.kwargs, sort_keys=True)}",
         f"- Base bundle: `{manifest.base_bundle}`" if manifest.base_bundle else "",
+        f"- Distilled from teacher {distilled_from}: its soft targets on the training photos"
+        if distilled_from else "- Knowledge distillation: none (hard labels only)",
         f"- Training data: {manifest.provenance.training_data}",
         f"- Input {manifest.preprocessing.input_size} px, field crop "
         f"{'on' if manifest.preprocessing.crop_to_field else 'off'}, Ben Graham "

@@ -25,6 +25,7 @@ from core.devices import resolve_device
 from core.errors import ConfigError
 from training.config import TrainConfig
 from training.data import CachedFundusDataset, EpochSampler, EpochTagged, class_weights
+from training.distill import Teacher, distill_loss, load_teacher
 from training.distributed import DistInfo
 from training.logs import RunLogger
 from training.metrics import evaluate
@@ -90,8 +91,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, setup: TierSetup, loaders: Loaders, run_dir: Path,
                  dist_info: DistInfo, progress: bool = True,
-                 step_hooks: Sequence[StepHook] = ()) -> None:
-        """step_hooks: callbacks after every batch (tests inject faults here, e.g. a kill)."""
+                 step_hooks: Sequence[StepHook] = (), teacher: Teacher | None = None) -> None:
+        """step_hooks: callbacks after every batch (tests inject faults here, e.g. a kill).
+        teacher: soft targets (training.distill); loaded here from `optim.distill_from` when
+        that is set and none is given."""
         self.cfg, self.setup, self.loaders, self.run_dir = cfg, setup, loaders, run_dir
         self.dist, self.progress = dist_info, progress
         self.step_hooks = tuple(step_hooks)
@@ -113,6 +116,12 @@ class Trainer:
         self.steps_per_epoch = max(1, len(loaders.train) // cfg.optim.grad_accum)
         self.state = LoopState()
         self.logger = RunLogger(run_dir, cfg, enabled=dist_info.is_main)
+        if teacher is None:
+            teacher = load_teacher(cfg.optim.distill_from, cfg.preprocessing)
+        self.teacher = teacher.to(self.device) if teacher is not None else None
+        if self.teacher is not None:
+            self.logger.note(f"distilling from {self.teacher.label} ({cfg.optim.distill_from}): "
+                             f"alpha {cfg.optim.distill_alpha}, T {cfg.optim.distill_temperature}")
         self._wrapped: nn.Module | None = None
         self._trainable_signature: tuple | None = None
 
@@ -192,7 +201,7 @@ class Trainer:
             x, y = self._to_device(x), y.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype,
                                 enabled=self.amp_dtype is not None):
-                loss = self._loss(model(x), y) / cfg.optim.grad_accum
+                loss = self._loss(model(x), y, x) / cfg.optim.grad_accum
             if not torch.isfinite(loss):
                 bad += 1
                 self.optimizer.zero_grad(set_to_none=True)
@@ -232,12 +241,18 @@ class Trainer:
         return torch.cat(out).numpy() if out else np.zeros((0, 5), np.float32)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor,
+              x: torch.Tensor | None = None) -> torch.Tensor:
+        """The hard-label loss; with a teacher (and the batch `x`) mixed with its soft targets."""
         loss = self.loss_fn(logits.float(), y)
         if self.cfg.optim.ordinal:  # pull the expected grade towards the label (QWK-friendly)
             grades = torch.arange(5, device=logits.device, dtype=torch.float32)
             expected = (torch.softmax(logits.float(), 1) * grades).sum(1)
             loss = loss + 0.5 * torch.mean((expected - y.float()) ** 2)
+        if self.teacher is not None and x is not None:
+            o = self.cfg.optim
+            loss = distill_loss(logits, self.teacher.logits(x), loss, o.distill_alpha,
+                                o.distill_temperature)
         return loss
 
     def _set_lr(self) -> None:

@@ -20,6 +20,7 @@ from core.bundle import Bundle
 from core.errors import DRError
 from training.config import TrainConfig, load_config, save_config
 from training.datasets import load_records
+from training.distill import load_teacher
 from training.distributed import barrier, init_distributed, shutdown
 from training.finalize import calibrate_and_evaluate, load_best, write_bundle
 from training.image_cache import build_cache
@@ -43,6 +44,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     """step_hooks: passed to the Trainer (tests inject faults there)."""
     info = init_distributed()
     try:
+        # first: a bad optim.distill_from fails before anything is written or trained
+        teacher = load_teacher(cfg.optim.distill_from, cfg.preprocessing)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         run_dir = Path(cfg.out_dir) / cfg.run_name
@@ -66,7 +69,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                                [r.grade for r in val], info)
         setup = build_setup(cfg)
         trainer = Trainer(cfg, setup, loaders, run_dir, info, progress=progress,
-                          step_hooks=step_hooks)
+                          step_hooks=step_hooks, teacher=teacher)
         if resume and trainer.load_checkpoint():
             trainer.logger.rewrite(trainer.state.history)
             trainer.logger.note(f"resumed at epoch {trainer.state.epoch + 1}")
