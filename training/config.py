@@ -137,12 +137,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         data = guide_to_train_dict(data, source=str(path))
     for key, value in defaults.items():
         if value is not None:
-            _assign(data, key, value)
+            assign_dotted(data, key, value)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r} (e.g. optim.lr=1e-4)")
         key, raw = item.split("=", 1)
-        _assign(data, key.strip(), yaml.safe_load(raw))
+        assign_dotted(data, key.strip(), yaml.safe_load(raw))
     source = str(path or "config")
     config = parse_strict(TrainConfig, data, source=source, error=ConfigError)
     if config.model.tier not in tier_names():
@@ -169,7 +169,8 @@ def save_config(config: TrainConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
 
 
-def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
+def assign_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """data['a']['b'] = value for 'a.b' (an override), creating sections on the way."""
     node = data
     *parents, leaf = dotted.split(".")
     for part in parents:

@@ -16,6 +16,7 @@ import yaml
 from core.errors import ConfigError
 from core.preprocessing import PreprocessSpec
 from core.strict import parse_strict, to_jsonable
+from training.config import assign_dotted
 
 # encoder (embed_dim, depth, num_heads) and the light decoder (dim, depth, heads) per size;
 # heads = width / 64 for every encoder, so load_retfound_model's default num_heads fits.
@@ -127,7 +128,7 @@ def load_mae_config(path: str | Path | None, overrides: list[str] | None = None)
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r} (e.g. optim.blr=1e-4)")
         key, raw = item.split("=", 1)
-        _assign(data, key.strip(), yaml.safe_load(raw))
+        assign_dotted(data, key.strip(), yaml.safe_load(raw))
     cfg = parse_strict(MAEConfig, data, source=str(path or "config"), error=ConfigError)
     check_config(cfg)
     return cfg
@@ -154,13 +155,3 @@ def check_config(cfg: MAEConfig) -> None:
 
 def save_mae_config(cfg: MAEConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-
-
-def _assign(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"Cannot set {dotted!r}: {part!r} is not a section")
-    node[leaf] = list(value) if isinstance(value, tuple) else value
