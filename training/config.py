@@ -127,22 +127,13 @@ class TrainConfig:
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 **defaults: Any) -> TrainConfig:
     """YAML file (optional) + "a.b=value" overrides (YAML-typed) -> validated TrainConfig."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"Cannot read config {path}: {exc}") from exc
+    data = read_yaml(path)
     if is_guide_layout(data):  # the model-architecture guide's YAML: see training.guide_config
         data = guide_to_train_dict(data, source=str(path))
     for key, value in defaults.items():
         if value is not None:
             assign_dotted(data, key, value)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. optim.lr=1e-4)")
-        key, raw = item.split("=", 1)
-        assign_dotted(data, key.strip(), yaml.safe_load(raw))
+    apply_overrides(data, overrides, example="optim.lr=1e-4")
     source = str(path or "config")
     config = parse_strict(TrainConfig, data, source=source, error=ConfigError)
     if config.model.tier not in tier_names():
@@ -167,6 +158,25 @@ def _check_distill(optim: OptimConfig, source: str) -> None:
 
 def save_config(config: TrainConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def read_yaml(path: str | Path | None) -> dict[str, Any]:
+    """A config file's mapping ({} for no file); unreadable YAML is a ConfigError."""
+    if path is None:
+        return {}
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read config {path}: {exc}") from exc
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None, *, example: str) -> None:
+    """`--set a.b=value` items (values YAML-typed) written into data."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. {example})")
+        key, raw = item.split("=", 1)
+        assign_dotted(data, key.strip(), yaml.safe_load(raw))
 
 
 def assign_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -16,7 +16,7 @@ import yaml
 from core.errors import ConfigError
 from core.preprocessing import PreprocessSpec
 from core.strict import parse_strict, to_jsonable
-from training.config import assign_dotted
+from training.config import apply_overrides, read_yaml
 
 # encoder (embed_dim, depth, num_heads) and the light decoder (dim, depth, heads) per size;
 # heads = width / 64 for every encoder, so load_retfound_model's default num_heads fits.
@@ -118,17 +118,8 @@ class MAEConfig:
 
 def load_mae_config(path: str | Path | None, overrides: list[str] | None = None) -> MAEConfig:
     """YAML file (optional) + "a.b=value" overrides (YAML-typed) -> validated MAEConfig."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"Cannot read config {path}: {exc}") from exc
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. optim.blr=1e-4)")
-        key, raw = item.split("=", 1)
-        assign_dotted(data, key.strip(), yaml.safe_load(raw))
+    data = read_yaml(path)
+    apply_overrides(data, overrides, example="optim.blr=1e-4")
     cfg = parse_strict(MAEConfig, data, source=str(path or "config"), error=ConfigError)
     check_config(cfg)
     return cfg
