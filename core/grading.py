@@ -293,6 +293,24 @@ def near_chance(evaluation: dict) -> bool:
             or (kappa is not None and kappa < NEAR_CHANCE_KAPPA))
 
 
+def near_chance_reason(evaluation: dict) -> str | None:
+    """Why near_chance() holds, naming the figures it was judged by and their source
+    ("near chance in its cross-validation (kappa 0.17 < 0.20)"); None when it does not."""
+    if not near_chance(evaluation):
+        return None
+    auroc, kappa = headline_figures(evaluation)
+    if auroc is None and kappa is None:
+        return "no validation metrics"
+    source = ("its cross-validation" if (evaluation.get("cross_validation") or {}).get("results")
+              else "its validation data")
+    low = []
+    if auroc is not None and auroc < NEAR_CHANCE_AUROC:
+        low.append(f"AUROC {auroc:.2f} < {NEAR_CHANCE_AUROC:.2f}")
+    if kappa is not None and kappa < NEAR_CHANCE_KAPPA:
+        low.append(f"kappa {kappa:.2f} < {NEAR_CHANCE_KAPPA:.2f}")
+    return f"near chance on {source}" + (f" ({', '.join(low)})" if low else "")
+
+
 def worklist_rank(urgency: Urgency, review: bool) -> float:
     """Sort key (higher first): a routine result that needs review sorts above routine ones,
     below ungradable."""

@@ -79,6 +79,9 @@ class OptimConfig:
     min_lr: float = 1e-6
     weight_decay: float = 0.05
     layer_decay: float = 0.65  # RETFound tiers only
+    # the new classifier head's lr over the base lr: a head initialised at std 2e-5 (RETFound's)
+    # barely moves at a ViT fine-tuning lr of ~6e-5 in a dozen epochs; 10 lets it keep up
+    head_lr_scale: float = 1.0
     warmup_epochs: float = 1.0
     schedule: Literal["cosine", "plateau"] = "cosine"
     freeze_epochs: int = 1  # baseline stage 1: head only

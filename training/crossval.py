@@ -161,6 +161,17 @@ def compare_rows(bundle_path: str, cfg: TrainConfig) -> list[dict[str, Any]]:
             for r in result.predictions]
 
 
+def model_label(cfg: TrainConfig) -> str:
+    """How the table names the recipe: "tf_efficientnet_lite0 (run)" for a timm model,
+    "RETFound from mae-demo-encoder (run)" for a tier started from a checkpoint."""
+    if cfg.model.checkpoint_path:
+        from core.archs.tiers import get_tier
+
+        start = Path(cfg.model.checkpoint_path).name
+        return f"{get_tier(cfg.model.tier).label} from {start} ({cfg.run_name})"
+    return f"{cfg.model.name} ({cfg.run_name})"
+
+
 def _patients(cfg: TrainConfig) -> dict[str, str]:
     from training.datasets import load_records
 
@@ -245,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out or Path(cfg.out_dir) / f"{cfg.run_name}-cv")
         timings = run_folds(cfg, out, progress=not args.no_progress)
         rows = read_oof(out, cfg.data.cv_folds)
-        label = f"{cfg.model.name} ({cfg.run_name})"
+        label = model_label(cfg)
         results = {f"{label}, out-of-fold": bootstrap(outcomes_from_rows(rows), args.bootstrap)}
         for path in args.compare:
             results[f"{Path(path).name} (existing bundle)"] = bootstrap(

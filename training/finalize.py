@@ -76,13 +76,34 @@ def write_bundle(cfg: TrainConfig, setup: TierSetup, run_dir: Path, calibration:
         demo=cfg.demo, calibration=calibration, evaluation=_jsonable(metrics),
         base_bundle=setup.base_bundle.path.name if setup.base_bundle else None,
         license=setup.license)
-    card = model_card(manifest, metrics, data_summary, distilled_from=distilled)
+    card = model_card(manifest, metrics, data_summary, distilled_from=distilled,
+                      started_from=start_note(cfg))
     return setup.export(out, manifest, card)
 
 
+def start_note(cfg: TrainConfig) -> str:
+    """Where the weights started, as the card names it: a checkpoint or bundle (with the
+    bundle's own provenance, e.g. how its MAE encoder was pretrained), ImageNet, or nothing."""
+    m = cfg.model
+    if m.checkpoint_path:
+        path = Path(m.checkpoint_path)
+        manifest = path / "manifest.json"
+        if manifest.is_file():
+            origin = json.loads(manifest.read_text(encoding="utf-8")).get("provenance") or {}
+            made = origin.get("training_data")
+            return f"bundle `{path.name}` ({path})" + (f": {made}" if made else "")
+        return f"checkpoint `{path.name}`"
+    if m.weights_path:
+        return f"local weights `{Path(m.weights_path).name}`"
+    if m.pretrained:
+        return f"ImageNet weights of `{m.name}` (installed weight package, offline)"
+    return "random initialisation (no pretrained weights)"
+
+
 def model_card(manifest: Manifest, metrics: dict, data_summary: dict, *,
-               distilled_from: str | None = None) -> str:
-    """distilled_from: the teacher whose soft targets trained the model (distill_note)."""
+               distilled_from: str | None = None, started_from: str | None = None) -> str:
+    """distilled_from: the teacher whose soft targets trained the model (distill_note);
+    started_from: where its weights started (start_note)."""
     notice = DEMO_NOTICE if manifest.demo else real_data_notice(manifest.provenance.training_data)
     lines = [
         f"# {manifest.name} (version {manifest.version})", "",
@@ -90,6 +111,7 @@ def model_card(manifest: Manifest, metrics: dict, data_summary: dict, *,
         f"- Tier: `{manifest.tier}`; architecture `{manifest.architecture.builder}` "
         f"{json.dumps(manifest.architecture.kwargs, sort_keys=True)}",
         f"- Base bundle: `{manifest.base_bundle}`" if manifest.base_bundle else "",
+        f"- Started from {started_from}" if started_from else "",
         f"- Distilled from teacher {distilled_from}: its soft targets on the training photos"
         if distilled_from else "- Knowledge distillation: none (hard labels only)",
         f"- Training data: {manifest.provenance.training_data}",

@@ -107,7 +107,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.base_lr = _base_lr(cfg)
         self.optimizer = torch.optim.AdamW(
-            setup.param_groups(self.base_lr, cfg.optim.weight_decay, cfg.optim.layer_decay),
+            setup.param_groups(self.base_lr, cfg.optim.weight_decay, cfg.optim.layer_decay,
+                               head_lr_scale=cfg.optim.head_lr_scale),
             lr=self.base_lr)
         weight = class_weights(loaders.train_ds.grades) if cfg.optim.class_balance == "loss" else None
         self.loss_fn = nn.CrossEntropyLoss(

@@ -47,16 +47,23 @@ class TierSetup:
         """NHWC on CUDA, as the tier decides for this model's architecture."""
         return self.kind.channels_last(self.explanation.arch)
 
-    def param_groups(self, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
+    def param_groups(self, lr: float, weight_decay: float, layer_decay: float, *,
+                     head_lr_scale: float = 1.0) -> list[dict]:
+        """AdamW groups: ViT layers scaled by layer_decay ** (distance from the top), the
+        classifier head (parameters named `head.*`) by head_lr_scale."""
         prefix = self.kind.layer_prefix
         vit = _vit_of(self.model, prefix)
         keep_frozen = self.kind.staged
-        if vit is None:
-            return _groups(self.model, lr, weight_decay, lambda name: 1.0, keep_frozen)
-        depth = len(vit.blocks)
-        return _groups(self.model, lr, weight_decay,
-                       lambda name: layer_decay ** (depth + 1 - _layer_id(name[len(prefix):], depth)),
-                       keep_frozen)
+        depth = len(vit.blocks) if vit is not None else 0
+
+        def scale_of(name: str) -> float:
+            if _is_head(name):
+                return head_lr_scale
+            if vit is None:
+                return 1.0
+            return layer_decay ** (depth + 1 - _layer_id(name[len(prefix):], depth))
+
+        return _groups(self.model, lr, weight_decay, scale_of, keep_frozen)
 
     def set_epoch(self, epoch: int) -> None:
         """Stage switches (baseline: backbone frozen for the first `freeze_epochs` epochs)."""
@@ -99,6 +106,12 @@ def _layer_id(name: str, depth: int) -> int:
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
     return depth + 1
+
+
+def _is_head(name: str) -> bool:
+    """The classifier head's parameters: `head.weight`, `classifier.bias`, `x.head.fc.weight`."""
+    parts = name.split(".")
+    return any(p in ("head", "classifier") for p in parts[:-1])
 
 
 def _groups(model: nn.Module, lr: float, weight_decay: float, scale_of,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.bundle import Bundle
-from core.grading import GRADE_NAMES, NEAR_CHANCE_AUROC, near_chance
+from core.grading import GRADE_NAMES, near_chance_reason
 from dashboard.components.analysis import Analysis
 from dashboard.components.bundles import TIER_NAMES
 
@@ -24,14 +24,7 @@ def not_counted_reason(bundle: Bundle) -> str | None:
     m = bundle.manifest
     if m.demo:
         return "demo model"
-    if near_chance(m.evaluation):
-        auroc = (m.evaluation.get("referable") or {}).get("auroc")
-        if auroc is None and m.evaluation.get("kappa_quadratic") is None:
-            return "no validation metrics"
-        return ("near chance on its validation data"
-                + (f" (AUROC {auroc:.2f} < {NEAR_CHANCE_AUROC:.2f})"
-                   if auroc is not None and auroc < NEAR_CHANCE_AUROC else ""))
-    return None
+    return near_chance_reason(m.evaluation)
 
 
 def _voters(analyses: list[Analysis]) -> list[Analysis]:

@@ -175,3 +175,18 @@ def test_a_bundle_is_judged_by_its_cross_validation_when_it_has_one():
     with_cv = dict(validation, cross_validation=cv)
     assert headline_figures(with_cv) == (0.66, 0.3)  # its own recipe's row, not a comparison's
     assert near_chance(with_cv)
+
+
+def test_the_near_chance_reason_names_the_figures_and_where_they_came_from():
+    """The Compare page once said "near chance on its validation data" for a bundle judged by
+    its cross-validation, beside a banner quoting that cross-validation."""
+    from core.grading import near_chance_reason
+
+    cv = {"results": {"recipe, out-of-fold": {"referable_auroc": {"value": 0.714},
+                                              "kappa_quadratic": {"value": 0.168}}}}
+    assert near_chance_reason({"referable": {"auroc": 0.9}, "kappa_quadratic": 0.8}) is None
+    assert near_chance_reason({"referable": {"auroc": 0.9}, "cross_validation": cv}) == \
+        "near chance on its cross-validation (kappa 0.17 < 0.20)"
+    assert near_chance_reason({"referable": {"auroc": 0.61}, "kappa_quadratic": 0.1}) == \
+        "near chance on its validation data (AUROC 0.61 < 0.70, kappa 0.10 < 0.20)"
+    assert near_chance_reason({}) == "no validation metrics"
