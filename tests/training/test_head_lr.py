@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.training.conftest import tiny_overrides
 from training.config import load_config
 from training.tiers import build_setup
-from tests.training.conftest import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
