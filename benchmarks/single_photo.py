@@ -29,6 +29,7 @@ from PIL import Image
 
 from core.archs.lora import RETFoundLoRA
 from core.archs.registry import build_model
+from core.archs.tiers import get_tier
 from core.bundle import Bundle, build_bundle_model, save_bundle
 from core.cache import ModelCache
 from core.lora_bundle import save_lora_bundle
@@ -123,9 +124,9 @@ def main(argv: list[str] | None = None) -> None:
             with pred.loaded.use() as model:
                 plain = _median_ms(lambda: _plain(model, photo), args.repeats)
             rows.append((bundle.name, bundle.manifest.tier, ours, plain))
-            if bundle.manifest.tier == "retfound":  # the opt-in int8 path, same plain reference
+            if get_tier(bundle.manifest.tier).int8:  # the opt-in int8 path, same plain reference
                 int8 = Predictor(bundle, "cpu", cache=cache, cpu_int8=True)
-                rows.append((f"{bundle.name} (DR_CPU_INT8=1)", "retfound",
+                rows.append((f"{bundle.name} (DR_CPU_INT8=1)", bundle.manifest.tier,
                              _median_ms(lambda p=int8: p.predict(photo), args.repeats), plain))
     print(f"\nOne 1536x1024 JPEG, {os.cpu_count()} CPU cores, torch threads "
           f"{torch.get_num_threads()}, median of {args.repeats}:\n")

@@ -41,14 +41,32 @@ SMALL = {"baseline": "resnet18", "vit": dict(embed_dim=192, depth=6, num_heads=3
 FULL = {"baseline": "resnet50", "vit": dict(embed_dim=1024, depth=24, num_heads=16)}
 
 
+def _cnn(sizes: dict, size: int) -> torch.nn.Module:
+    return DRClassifier(sizes["baseline"], pretrained=False)
+
+
+def _vit(sizes: dict, size: int) -> torch.nn.Module:
+    return build_retfound_vit(num_classes=5, img_size=size, **sizes["vit"])
+
+
+def _lora(sizes: dict, size: int) -> torch.nn.Module:
+    return RETFoundLoRA.from_model(_vit(sizes, size), 5)
+
+
+def _vit_name(sizes: dict) -> str:
+    return f"ViT d{sizes['vit']['embed_dim']} x{sizes['vit']['depth']}"
+
+
+# tier -> (builder, table name, convolutional: channels_last on CUDA)
+MODELS = {
+    "baseline": (_cnn, lambda sizes: sizes["baseline"], True),
+    "retfound": (_vit, _vit_name, False),
+    "lora": (_lora, lambda sizes: _vit_name(sizes) + " + LoRA r8 qkv", False),
+}
+
+
 def make_model(tier: str, full: bool, size: int = 224) -> torch.nn.Module:
-    sizes = FULL if full else SMALL
-    if tier == "baseline":
-        return DRClassifier(sizes["baseline"], pretrained=False)
-    vit = build_retfound_vit(num_classes=5, img_size=size, **sizes["vit"])
-    if tier == "lora":
-        return RETFoundLoRA.from_model(vit, 5)
-    return vit
+    return MODELS[tier][0](FULL if full else SMALL, size)
 
 
 class PlainPNGDataset(Dataset):
@@ -133,7 +151,7 @@ def run(args) -> list[dict]:
     rows = []
     for tier in args.tiers:
         model = make_model(tier, args.full, args.size)
-        cnn = tier == "baseline"
+        cnn = MODELS[tier][2]
         compute = timed_steps(model, _random_batches(args.batch, args.size), device, True, cnn,
                               args.steps)
         ours_ds = CachedFundusDataset(cache.folder, range(len(records)), grades, spec,
@@ -160,11 +178,7 @@ def run(args) -> list[dict]:
 
 
 def _name(tier: str, full: bool) -> str:
-    sizes = FULL if full else SMALL
-    if tier == "baseline":
-        return sizes["baseline"]
-    vit = f"ViT d{sizes['vit']['embed_dim']} x{sizes['vit']['depth']}"
-    return vit + (" + LoRA r8 qkv" if tier == "lora" else "")
+    return MODELS[tier][1](FULL if full else SMALL)
 
 
 def _print(rows, args, device, cache_s, n) -> None:
