@@ -82,6 +82,9 @@ class OptimConfig:
     # the new classifier head's lr over the base lr: a head initialised at std 2e-5 (RETFound's)
     # barely moves at a ViT fine-tuning lr of ~6e-5 in a dozen epochs; 10 lets it keep up
     head_lr_scale: float = 1.0
+    # "linear_probe": the head starts as a logistic regression on the starting features of the
+    # training photos (LP-FT, training.head_probe); "default": the tier's own init
+    head_init: Literal["default", "linear_probe"] = "default"
     warmup_epochs: float = 1.0
     schedule: Literal["cosine", "plateau"] = "cosine"
     freeze_epochs: int = 1  # baseline stage 1: head only

@@ -83,7 +83,14 @@ def write_bundle(cfg: TrainConfig, setup: TierSetup, run_dir: Path, calibration:
 
 def start_note(cfg: TrainConfig) -> str:
     """Where the weights started, as the card names it: a checkpoint or bundle (with the
-    bundle's own provenance, e.g. how its MAE encoder was pretrained), ImageNet, or nothing."""
+    bundle's own provenance, e.g. how its MAE encoder was pretrained), ImageNet, or nothing;
+    and whether the head started as a linear probe (LP-FT)."""
+    probe = ("; the head started as a linear probe of those features on the training photos "
+             "(LP-FT)") if cfg.optim.head_init == "linear_probe" else ""
+    return _weights_start(cfg) + probe
+
+
+def _weights_start(cfg: TrainConfig) -> str:
     m = cfg.model
     if m.checkpoint_path:
         path = Path(m.checkpoint_path)

@@ -24,7 +24,7 @@ from training.distill import load_teacher
 from training.distributed import barrier, init_distributed, shutdown
 from training.finalize import calibrate_and_evaluate, load_best, write_bundle
 from training.image_cache import build_cache
-from training.loop import StepHook, Trainer, make_loaders
+from training.loop import StepHook, Trainer, eval_loader, make_loaders
 from training.splits import held_out_metrics, make_splits, score_splits
 from training.tiers import build_setup
 
@@ -73,6 +73,9 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         if resume and trainer.load_checkpoint():
             trainer.logger.rewrite(trainer.state.history)
             trainer.logger.note(f"resumed at epoch {trainer.state.epoch + 1}")
+        elif cfg.optim.head_init == "linear_probe":
+            _probe_head(cfg, setup, trainer, eval_loader(
+                cfg, cache.folder, [rows[r.id] for r in train], [r.grade for r in train]))
         state = trainer.fit()
         bundle, metrics = None, {}
         if info.is_main:
@@ -88,6 +91,17 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         return RunResult(run_dir, bundle, metrics, state.history)
     finally:
         shutdown(info)
+
+
+def _probe_head(cfg: TrainConfig, setup, trainer, loader) -> None:
+    """LP-FT's first stage (training.head_probe), before the first epoch of a fresh run."""
+    from training.head_probe import init_head_from_probe
+
+    start = init_head_from_probe(setup.model, loader, trainer.device,
+                                 balanced=cfg.optim.class_balance != "none")
+    trainer.logger.note(f"head {start.module} initialised from a linear probe of the starting "
+                        f"features on {start.photos} training photos (training accuracy "
+                        f"{start.train_accuracy:.2f})")
 
 
 def ensure_synthetic_data(cfg: TrainConfig) -> None:
