@@ -12,10 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from core.errors import ConfigError
+from tests.training.conftest import tiny_overrides
 from training.config import load_config
 from training.head_probe import PROBE_C, fit_probe, init_head_from_probe
 from training.run import run
-from tests.training.conftest import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
