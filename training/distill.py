@@ -25,8 +25,8 @@ from core.bundle import Bundle, build_bundle_model, load_bundle
 from core.errors import ConfigError, DRError
 from core.preprocessing import PreprocessSpec
 from training.config import OptimConfig
+from training.metrics import N_GRADES
 
-N_GRADES = 5
 _MODES = {"bilinear": "bilinear", "bicubic": "bicubic", "area": "area"}
 
 

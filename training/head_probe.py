@@ -24,8 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.errors import ConfigError
+from training.metrics import N_GRADES
+from training.tiers import HEAD_MODULE_NAMES
 
-N_GRADES = 5
 PROBE_C = 0.1  # as training.mae.probe: strong enough regularisation for ~200 photos x 1280 dims
 
 
@@ -42,7 +43,7 @@ def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
     """(name, module) of the grade head. ConfigError when there is none to initialise."""
     found = [(name, m) for name, m in model.named_modules()
              if isinstance(m, nn.Linear) and m.out_features == N_GRADES
-             and {"head", "classifier"} & set(name.split("."))]
+             and set(HEAD_MODULE_NAMES) & set(name.split("."))]
     if not found:
         raise ConfigError("optim.head_init=linear_probe: no nn.Linear named head/classifier "
                           f"with {N_GRADES} outputs in this model; use optim.head_init=default")
@@ -82,17 +83,14 @@ def fit_probe(features: np.ndarray, grades: np.ndarray,
                                class_weight="balanced" if balanced else None).fit(z, grades)
     weight = np.zeros((N_GRADES, features.shape[1]), dtype=np.float64)
     bias = np.full(N_GRADES, -10.0)  # a grade absent from the photos starts improbable
-    weight[present] = probe.coef_ / scale if len(present) > 2 else _binary(probe.coef_) / scale
-    bias[present] = (probe.intercept_ if len(present) > 2 else _binary(probe.intercept_)) \
-        - weight[present] @ mean
+    coef, intercept = probe.coef_, probe.intercept_
+    if len(present) == 2:  # sklearn's one row for two classes -> two rows, same softmax
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate(
+            [-intercept / 2, intercept / 2])
+    weight[present] = coef / scale
+    bias[present] = intercept - weight[present] @ mean
     accuracy = float((probe.predict(z) == grades).mean())
     return weight.astype(np.float32), bias.astype(np.float32), accuracy
-
-
-def _binary(coef: np.ndarray) -> np.ndarray:
-    """sklearn's one row for two classes -> two rows with the same softmax."""
-    return np.concatenate([-coef / 2, coef / 2]) if coef.ndim == 2 else np.array([-coef[0] / 2,
-                                                                                  coef[0] / 2])
 
 
 def init_head_from_probe(model: nn.Module, loader: DataLoader, device: torch.device,

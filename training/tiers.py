@@ -108,10 +108,12 @@ def _layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
+HEAD_MODULE_NAMES = ("head", "classifier")  # where timm and the tiers keep the grade head
+
+
 def _is_head(name: str) -> bool:
     """The classifier head's parameters: `head.weight`, `classifier.bias`, `x.head.fc.weight`."""
-    parts = name.split(".")
-    return any(p in ("head", "classifier") for p in parts[:-1])
+    return any(p in HEAD_MODULE_NAMES for p in name.split(".")[:-1])
 
 
 def _groups(model: nn.Module, lr: float, weight_decay: float, scale_of,
