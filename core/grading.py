@@ -27,6 +27,7 @@ from enum import IntEnum
 GRADE_NAMES = ("No DR", "Mild NPDR", "Moderate NPDR", "Severe NPDR", "PDR")
 REFERABLE_MIN_GRADE = 2  # "more than mild" (mtmDR): grade >= 2 and/or DME
 VISION_THREATENING_MIN_GRADE = 3  # vtDR: grade >= 3 and/or centre-involving DME
+DEMO_REVIEW_REASON = "demo model: trained on synthetic images only"
 DME_NOT_ASSESSED = "DME: not assessed (this model has no macular-oedema output)"
 
 
@@ -230,14 +231,26 @@ def ungradable(*, not_fundus: bool = False) -> Decision:
     return Decision(None, None, None, Urgency.UNGRADABLE, None, (), not_fundus)
 
 
+def grade_band(p_ref: float, p_vt: float, thresholds: Thresholds) -> range:
+    """The grades the flags allow (vtDR: 3-4, referable: 2, neither: 0-1). Training tunes the
+    ordinal cut points inside these bands, because serving clips every grade into them."""
+    if p_vt >= thresholds.vision_threatening:
+        return range(VISION_THREATENING_MIN_GRADE, len(GRADE_NAMES))
+    if p_ref >= thresholds.referable:
+        return range(REFERABLE_MIN_GRADE, VISION_THREATENING_MIN_GRADE)
+    return range(0, REFERABLE_MIN_GRADE)
+
+
 def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
-           quality_level: str = "good", near_chance: bool = False,
+           quality_level: str = "good", near_chance: bool = False, demo: bool = False,
            margin: float = REVIEW_MARGIN, min_confidence: float = REVIEW_CONFIDENCE) -> Decision:
     """The one decision for a gradable photo (rule in the module docstring).
 
     Review reasons: a probability within `margin` of an operating threshold, the decided grade's
     probability below `min_confidence`, a "usable" (not "good") photo, a bundle near chance on
-    its own validation data. Tier disagreement is added where several bundles are compared.
+    its own validation data, a demo bundle (trained on synthetic images: a confident "No DR"
+    from it must not reassure anyone about a real eye). Tier disagreement is added where several
+    bundles are compared.
     """
     p = [float(x) for x in probs]
     if len(p) != len(GRADE_NAMES) or not all(math.isfinite(x) and x >= 0 for x in p):
@@ -245,11 +258,8 @@ def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
     if quality_level == "reject":
         raise ValueError("A rejected photo has no decision from probabilities; use ungradable()")
     p_ref, p_vt = p_referable(p), p_vision_threatening(p)
-    vt = p_vt >= thresholds.vision_threatening
-    ref = vt or p_ref >= thresholds.referable
-    band = (range(VISION_THREATENING_MIN_GRADE, len(p)) if vt else
-            range(REFERABLE_MIN_GRADE, VISION_THREATENING_MIN_GRADE) if ref else
-            range(0, REFERABLE_MIN_GRADE))
+    band = grade_band(p_ref, p_vt, thresholds)
+    vt, ref = band[0] >= VISION_THREATENING_MIN_GRADE, band[0] >= REFERABLE_MIN_GRADE
     if thresholds.grade_cuts is None:
         grade = max(band, key=lambda g: (p[g], -g))
     else:
@@ -267,6 +277,8 @@ def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
         reasons.append("photo quality only usable (some quality problems)")
     if near_chance:
         reasons.append("model near chance on its own validation data")
+    if demo:
+        reasons.append(DEMO_REVIEW_REASON)
     urgency = urgency_of(grade, gradable=True)
     return Decision(grade, ref, vt, urgency, p[grade], tuple(reasons))
 

@@ -209,7 +209,7 @@ class Predictor:
                               decision=grading.ungradable(not_fundus=item.quality.not_fundus),
                               **common)
         d = grading.decide(probs, self.thresholds, quality_level=item.quality.level,
-                           near_chance=self.near_chance)
+                           near_chance=self.near_chance, demo=m.demo)
         return Prediction(
             grade=d.grade, probs=tuple(float(p) for p in probs),
             p_referable=grading.p_referable(probs),

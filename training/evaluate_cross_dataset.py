@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from core.bundle import Bundle, load_bundle
 from core.errors import ConfigError, DRError
-from core.grading import decide_grade
+from core.grading import decide
 from core.predict import Predictor, PreparedImage
 from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE
 from training.config import DataConfig
@@ -143,7 +143,7 @@ def _predict_chunk(predictor: Predictor, records: list[LabelledImage],
     probs = predictor.probabilities(batch)  # every photo: the gate is applied afterwards
     return [{"id": r.id, "grade": r.grade, "gradable": p.quality.gradable,
              "quality": p.quality.level, "reasons": list(p.quality.reasons),
-             "predicted": decide_grade(pr, predictor.manifest.calibration.grade_thresholds),
+             "predicted": decide(pr, predictor.thresholds).grade,  # as served, flags first
              "p_referable": float(pr[2:].sum()),
              "probs": [float(v) for v in pr]}
             for (r, p), pr in zip(prepared, probs, strict=True)]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from core.bundle import Bundle
+from core.grading import Thresholds, grade_band
 from core.manifest import CalibrationSpec, Manifest, Provenance, WeightsSpec
 from core.wording import (
     DEMO_NOTICE,
@@ -42,7 +43,7 @@ def calibrate_and_evaluate(cfg: TrainConfig, logits: np.ndarray,
                                       min_grade=3)
     grade_t = None
     if cfg.optim.ordinal:  # cut points on E[grade]; the bundle serves grades with them
-        grade_t = tuple(float(t) for t in tune_qwk_thresholds(expected_grade(probs), y))
+        grade_t = served_cut_points(probs, y, Thresholds(float(ref_t), float(vt_t)))
     metrics = evaluate(y, probs, referable_threshold=ref_t, vision_threatening_threshold=vt_t,
                        grade_thresholds=grade_t)
     metrics["reliability"] = reliability_bins(y, probs)
@@ -54,6 +55,21 @@ def calibrate_and_evaluate(cfg: TrainConfig, logits: np.ndarray,
                                   vision_threatening_threshold=float(vt_t),
                                   grade_thresholds=grade_t)
     return calibration, metrics
+
+
+def served_cut_points(probs: np.ndarray, y: np.ndarray,
+                      flags: Thresholds) -> tuple[float, ...]:
+    """Cut points on E[grade] tuned for kappa on the grades as served: first unconstrained,
+    then inside each photo's flag band (core.grading.decide clips the grade into it). Tuned
+    without the bands, a low referable threshold leaves the 0/1 cut where no unreferred photo
+    reaches it, and the bundle never serves mild NPDR."""
+    scores = expected_grade(probs)
+    free = tune_qwk_thresholds(scores, y)
+    bands = [grade_band(float(p[2:].sum()), float(p[3:].sum()), flags) for p in probs]
+    lowest = np.array([b[0] for b in bands])
+    highest = np.array([b[-1] for b in bands])
+    return tuple(float(t) for t in tune_qwk_thresholds(scores, y, init=free,
+                                                       bands=(lowest, highest)))
 
 
 def write_bundle(cfg: TrainConfig, setup: TierSetup, run_dir: Path, calibration: CalibrationSpec,

@@ -23,6 +23,10 @@ N_GRADES = 5
 ECE_BINS = 15
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_ORDINAL_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
+# Narrowest band of E[grade] a tuned grade keeps. Kappa on a calibration split of ~80 photos can
+# prefer merging two cut points, and a bundle whose grade-1 band is empty never serves mild NPDR
+# (a different recall interval from No DR), whatever the photo shows.
+MIN_ORDINAL_BAND = 0.25
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -230,8 +234,12 @@ def apply_thresholds(scores: Any, thresholds: Sequence[float] = DEFAULT_ORDINAL_
     return (s[:, None] >= t[None, :]).sum(1).astype(np.int64)
 
 
-def _qwk_or_floor(y: np.ndarray, scores: np.ndarray, t: Sequence[float]) -> float:
-    k = cohen_kappa(y, apply_thresholds(scores, t), quadratic=True)
+def _qwk_or_floor(y: np.ndarray, scores: np.ndarray, t: Sequence[float],
+                  clip: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    graded = apply_thresholds(scores, t)
+    if clip is not None:
+        graded = np.clip(graded, clip[0], clip[1])
+    k = cohen_kappa(y, graded, quadratic=True)
     return -math.inf if k is None else k
 
 
@@ -245,30 +253,41 @@ def _candidates(scores: np.ndarray, max_candidates: int) -> np.ndarray:
 
 def tune_qwk_thresholds(scores: Any, y_true: Any,
                         init: Sequence[float] = DEFAULT_ORDINAL_THRESHOLDS, *,
-                        max_candidates: int = 256, max_passes: int = 10) -> tuple[float, ...]:
+                        max_candidates: int = 256, max_passes: int = 10,
+                        min_band: float = MIN_ORDINAL_BAND,
+                        bands: tuple[Any, Any] | None = None) -> tuple[float, ...]:
     """Cut points maximising quadratic kappa on validation, by coordinate search.
 
     QWK is piecewise constant in the thresholds, so gradient-free simplex methods stall on its
     plateaus; trying every midpoint between neighbouring scores, one threshold at a time and
     within its neighbours' bounds, keeps the thresholds sorted and only ever improves kappa.
+    Neighbouring cut points stay at least `min_band` apart, so every grade keeps a band.
+    `bands` (lowest, highest allowed grade per image: the flags' band, `core.grading.grade_band`)
+    scores kappa on the grades as served, clipped into those bands.
     """
     y = _labels(y_true)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if s.shape != y.shape:
         raise ValueError(f"{s.size} scores for {y.size} labels; pass one score per image")
+    clip = None if bands is None else tuple(np.asarray(b, dtype=np.int64).reshape(-1)
+                                            for b in bands)
+    if clip is not None and any(b.shape != y.shape for b in clip):
+        raise ValueError("bands need one (lowest, highest) grade per image")
     t = [float(v) for v in np.sort(np.asarray(init, dtype=np.float64))]
     if len(t) != N_GRADES - 1:
         raise ValueError(f"init needs {N_GRADES - 1} thresholds, got {len(t)}")
+    if min(np.diff(t)) < min_band:
+        raise ValueError(f"init cut points {t} are closer than min_band={min_band}")
     cand = _candidates(s, max_candidates)
-    best = _qwk_or_floor(y, s, t)
+    best = _qwk_or_floor(y, s, t, clip)
     for _ in range(max_passes):
         improved = False
         for i in range(len(t)):
-            lo = t[i - 1] if i > 0 else -math.inf
-            hi = t[i + 1] if i < len(t) - 1 else math.inf
+            lo = t[i - 1] + min_band if i > 0 else -math.inf
+            hi = t[i + 1] - min_band if i < len(t) - 1 else math.inf
             for c in cand[(cand >= lo) & (cand <= hi)]:
                 trial = t[:i] + [float(c)] + t[i + 1:]
-                k = _qwk_or_floor(y, s, trial)
+                k = _qwk_or_floor(y, s, trial, clip)
                 if k > best + 1e-12:
                     best, t, improved = k, trial, True
         if not improved:

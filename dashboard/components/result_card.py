@@ -121,7 +121,7 @@ def band_note(prediction: Prediction, top: int) -> str:
                 "the model's rule picks inside that band.")
     expected = sum(g * p for g, p in enumerate(prediction.probs))
     return (said + "This model grades by cut points on the expected grade (here "
-            f"{expected:.2f}), tuned on its validation data, which give grade "
+            f"{expected:.2f}), tuned on held-out photos, which give grade "
             f"{prediction.grade}.")
 
 

@@ -127,3 +127,11 @@ def test_near_chance_bundles():
     assert near_chance({})  # no validation metrics: no vote, no reassurance
     assert near_chance({"referable": {"auroc": 0.607}, "kappa_quadratic": 0.04})
     assert not near_chance({"referable": {"auroc": 0.979}, "kappa_quadratic": 0.865})
+
+
+def test_a_demo_bundle_never_reassures():
+    confident_no_dr = [0.97, 0.02, 0.01, 0.0, 0.0]
+    assert decide(confident_no_dr, Thresholds(0.5, 0.5)).review_reasons == ()
+    d = decide(confident_no_dr, Thresholds(0.5, 0.5), demo=True)
+    assert (d.grade, d.referable) == (0, False)  # the answer itself is unchanged
+    assert d.review_reasons == ("demo model: trained on synthetic images only",)

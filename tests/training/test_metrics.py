@@ -179,6 +179,24 @@ def test_tune_qwk_thresholds_never_worsens_good_init():
     assert np.allclose(t, (0.5, 1.5, 2.5, 3.5), atol=0.5)
 
 
+def test_tuned_cut_points_keep_every_grade_band():
+    # ~80 calibration photos where grade 1 scores like grade 0: unconstrained, kappa merges
+    # two cut points and grade 1 can never be served (what the shipped eyepacs bundle did).
+    rng = np.random.default_rng(4)
+    y = rng.choice(5, size=80, p=[0.7, 0.08, 0.14, 0.05, 0.03])
+    scores = np.where(y <= 1, 0.8, 1.0 + 0.5 * y) + rng.normal(0, 0.4, size=y.size)
+    merged = M.tune_qwk_thresholds(scores, y, min_band=0.0)
+    assert min(np.diff(merged)) < 1e-9
+    kept = M.tune_qwk_thresholds(scores, y)
+    assert min(np.diff(kept)) >= M.MIN_ORDINAL_BAND - 1e-12
+    assert np.bincount(M.apply_thresholds(scores, kept), minlength=5)[1] > 0
+
+
+def test_tune_qwk_thresholds_rejects_init_closer_than_the_band():
+    with pytest.raises(ValueError, match="min_band"):
+        M.tune_qwk_thresholds([0.1, 2.0], [0, 2], init=(0.5, 0.6, 2.5, 3.5))
+
+
 # ----------------------------------------------------------------------------- plots
 def _png_ok(path) -> bool:
     return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
@@ -213,3 +231,43 @@ def test_evaluate_scores_the_grades_an_ordinal_bundle_serves():
     assert np.array(ordinal["confusion_matrix"])[2, 3] == 1
     assert np.array(plain["confusion_matrix"])[2, 4] == 1
     assert np.trace(np.array(ordinal["confusion_matrix"])) == 2
+
+
+def _noisy_calibration_split(seed: int = 1, n: int = 80):
+    """Probabilities of a weak model that leans towards grade 0, as on the real photos."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(5, size=n, p=[0.7, 0.06, 0.13, 0.05, 0.06])
+    alpha = np.ones((n, 5))
+    alpha[np.arange(n), y] += 1.5
+    alpha[:, 0] += 2
+    return np.array([rng.dirichlet(a) for a in alpha]), y
+
+
+def _served(probs, scores, cuts, flags):
+    from core.grading import grade_band
+    bands = [grade_band(float(p[2:].sum()), float(p[3:].sum()), flags) for p in probs]
+    graded = M.apply_thresholds(scores, cuts)
+    return np.array([min(max(g, b[0]), b[-1]) for g, b in zip(graded, bands, strict=True)])
+
+
+def test_cut_points_tuned_inside_the_flag_bands_serve_mild_npdr():
+    from core.grading import Thresholds
+    from training.finalize import served_cut_points
+    probs, y = _noisy_calibration_split()
+    flags = Thresholds(referable=0.2, vision_threatening=0.15)
+    scores = M.expected_grade(probs)
+    free = M.tune_qwk_thresholds(scores, y)
+    served = served_cut_points(probs, y, flags)
+    graded_free = _served(probs, scores, free, flags)
+    graded_served = _served(probs, scores, served, flags)
+    assert 1 not in graded_free  # tuned without the bands, the 0/1 cut is out of reach
+    assert 1 in graded_served
+    assert (cohen_kappa_score(y, graded_served, weights="quadratic")
+            > cohen_kappa_score(y, graded_free, weights="quadratic"))
+    assert min(np.diff(served)) >= M.MIN_ORDINAL_BAND
+
+
+def test_bands_must_match_the_labels():
+    y = np.array([0, 1, 2, 3, 4])
+    with pytest.raises(ValueError, match="one .lowest, highest. grade per image"):
+        M.tune_qwk_thresholds(y.astype(float), y, bands=(np.zeros(4), np.ones(4)))
