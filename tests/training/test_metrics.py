@@ -243,11 +243,11 @@ def _noisy_calibration_split(seed: int = 1, n: int = 80):
     return np.array([rng.dirichlet(a) for a in alpha]), y
 
 
-def _served(probs, scores, cuts, flags):
-    from core.grading import grade_band
-    bands = [grade_band(float(p[2:].sum()), float(p[3:].sum()), flags) for p in probs]
-    graded = M.apply_thresholds(scores, cuts)
-    return np.array([min(max(g, b[0]), b[-1]) for g, b in zip(graded, bands, strict=True)])
+def _served(probs, cuts, flags):
+    """The grades a bundle with these cut points serves: core.grading.decide itself."""
+    from core.grading import Thresholds, decide
+    rule = Thresholds(flags.referable, flags.vision_threatening, tuple(float(c) for c in cuts))
+    return np.array([decide(p, rule).grade for p in probs])
 
 
 def test_cut_points_tuned_inside_the_flag_bands_serve_mild_npdr():
@@ -258,8 +258,8 @@ def test_cut_points_tuned_inside_the_flag_bands_serve_mild_npdr():
     scores = M.expected_grade(probs)
     free = M.tune_qwk_thresholds(scores, y)
     served = served_cut_points(probs, y, flags)
-    graded_free = _served(probs, scores, free, flags)
-    graded_served = _served(probs, scores, served, flags)
+    graded_free = _served(probs, free, flags)
+    graded_served = _served(probs, served, flags)
     assert 1 not in graded_free  # tuned without the bands, the 0/1 cut is out of reach
     assert 1 in graded_served
     assert (cohen_kappa_score(y, graded_served, weights="quadratic")
