@@ -37,6 +37,19 @@ SPLIT_NOTES = {
 }
 
 
+SELECTION_AND_CALIBRATION_NOTE = (
+    "selection split: chose the epoch, and temperature, thresholds and cut points were fitted "
+    "on it (no separate calibration split), so every figure here is optimistic")
+
+
+def split_notes(separate_calibration: bool) -> dict[str, str]:
+    """What each split was used for, as the card states it. Without a calibration split the
+    selection split also fitted the thresholds, and its note must say so."""
+    if separate_calibration:
+        return dict(SPLIT_NOTES)
+    return SPLIT_NOTES | {"selection": SELECTION_AND_CALIBRATION_NOTE}
+
+
 @dataclass
 class Splits:
     train: list[LabelledImage]
@@ -104,7 +117,7 @@ def held_out_metrics(cfg: TrainConfig, splits: Splits, scored: dict,
     """Figures on the splits calibration did not see, each labelled with its split; the test
     fold's calibrated predictions go to test_predictions.csv for cross-validation."""
     out: dict[str, Any] = {"split": "calibration" if splits.separate_calibration else "selection",
-                           "split_notes": dict(SPLIT_NOTES)}
+                           "split_notes": split_notes(splits.separate_calibration)}
     if splits.separate_calibration:
         out["selection"] = calibrated_metrics(*scored["selection"], calibration)
     if "test" in scored:
