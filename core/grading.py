@@ -13,8 +13,11 @@ must lie in (vtDR: 3-4; referable: 2; neither: 0-1; while no bundle has a DME ou
 is exactly grade >= 2 and vtDR exactly grade >= 3). Inside that band an argmax bundle takes the
 most probable grade; an ordinal bundle (cut points on the expected grade, tuned for kappa) takes
 its cut-point grade moved to the nearest grade of the band, so where the two rules agree nothing
-changes. Urgency and guideline text are then functions of that one grade, so they cannot
-contradict it. A result is flagged for human review when it is fragile (see `decide`).
+changes; an ordinal bundle with `vt_grade_by_probability` takes the more probable of severe NPDR
+and PDR inside the vtDR band (its 3/4 cut point rested on a handful of calibration photos and
+served "PDR, probability 5%" beside 70% on severe NPDR). Urgency and guideline text are then
+functions of that one grade, so they cannot contradict it. A result is flagged for human review
+when it is fragile (see `decide`).
 """
 
 from __future__ import annotations
@@ -174,6 +177,7 @@ REVIEW_CONFIDENCE = 0.6  # probability of the decided grade below this: a person
 NEAR_CHANCE_AUROC = 0.7  # referable AUROC on the bundle's own validation data
 NEAR_CHANCE_KAPPA = 0.2  # quadratic-weighted kappa on the bundle's own validation data
 NOT_FUNDUS_HEADLINE = "Not a fundus photograph - check the upload"
+VT_GRADE_BY_PROBABILITY_WORDS = "; severe NPDR vs PDR: the more probable of the two"
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,8 @@ class Thresholds:
     referable: float = 0.5  # on P(grade >= 2)
     vision_threatening: float = 0.5  # on P(grade >= 3)
     grade_cuts: tuple[float, ...] | None = None  # ordinal bundles: 4 cut points on E[grade]
+    # ordinal bundles: severe NPDR vs PDR by the more probable of the two, not by the cut point
+    vt_grade_by_probability: bool = False
 
 
 @dataclass(frozen=True)
@@ -260,7 +266,7 @@ def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
     p_ref, p_vt = p_referable(p), p_vision_threatening(p)
     band = grade_band(p_ref, p_vt, thresholds)
     vt, ref = band[0] >= VISION_THREATENING_MIN_GRADE, band[0] >= REFERABLE_MIN_GRADE
-    if thresholds.grade_cuts is None:
+    if thresholds.grade_cuts is None or (vt and thresholds.vt_grade_by_probability):
         grade = max(band, key=lambda g: (p[g], -g))
     else:
         grade = min(max(decide_grade(p, thresholds.grade_cuts), band[0]), band[-1])

@@ -15,6 +15,7 @@ from typing import Any
 from core.archs.specs import ArchitectureSpec, ExplanationSpec  # re-exported: part of the manifest
 from core.archs.tiers import get_tier, tier_names
 from core.errors import BundleError
+from core.grading import Thresholds
 from core.preprocessing import PreprocessSpec
 from core.strict import parse_strict, to_jsonable
 
@@ -30,6 +31,14 @@ class CalibrationSpec:
     referable_threshold: float = 0.5  # on p(grade >= 2)
     vision_threatening_threshold: float = 0.5  # on p(grade >= 3)
     grade_thresholds: tuple[float, ...] | None = None  # ordinal: 4 cut points on E[grade]
+    # ordinal: severe NPDR vs PDR by the more probable of the two (training.operating_rules)
+    vt_grade_by_probability: bool = False
+
+    def thresholds(self) -> Thresholds:
+        """The operating rule core.grading.decide serves with."""
+        cuts = None if self.grade_thresholds is None else tuple(self.grade_thresholds)
+        return Thresholds(self.referable_threshold, self.vision_threatening_threshold, cuts,
+                          vt_grade_by_probability=self.vt_grade_by_probability)
 
 
 @dataclass(frozen=True)

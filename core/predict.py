@@ -114,8 +114,7 @@ class Predictor:
         if self.int8:
             self.cache.get_int8(bundle)
         cal = self.manifest.calibration
-        self.thresholds = grading.Thresholds(cal.referable_threshold,
-                                             cal.vision_threatening_threshold, cal.grade_thresholds)
+        self.thresholds = cal.thresholds()
         self.near_chance = grading.near_chance(self.manifest.evaluation)
 
     # -- models: looked up in the cache on every use, never held (the cache owns them) -----------
@@ -198,7 +197,8 @@ class Predictor:
             referable_threshold=cal.referable_threshold,
             vision_threatening_threshold=cal.vision_threatening_threshold,
             grade_thresholds=cuts, tta=self.tta, device=str(self.device),
-            bundle_key=self.bundle.key, cpu_int8=self.int8)
+            bundle_key=self.bundle.key, cpu_int8=self.int8,
+            vt_grade_by_probability=cal.vt_grade_by_probability)
 
     def _result(self, item: PreparedImage, probs: np.ndarray | None, start: float) -> Prediction:
         m = self.manifest

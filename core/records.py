@@ -32,6 +32,7 @@ class PredictionSettings:
     device: str
     bundle_key: str
     cpu_int8: bool = False
+    vt_grade_by_probability: bool = False  # severe NPDR vs PDR by the more probable
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

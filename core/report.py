@@ -241,6 +241,8 @@ def _run_pages(pdf: _Pdf, info: RunInfo, wl: Worklist) -> None:
                  f"{_fmt(cfg.get('referable_threshold'))}, vtDR threshold "
                  f"{_fmt(cfg.get('vision_threatening_threshold'))}, "
                  + (f"grade cut points {', '.join(_fmt(c) for c in cuts)}, " if cuts else "")
+                 + ("severe NPDR vs PDR by the more probable, "
+                    if cfg.get("vt_grade_by_probability") else "")
                  + f"input {cfg.get('preprocessing', {}).get('input_size')} px.")
     pdf.ln(2)
     pdf.heading("Summary (patients per urgency)", 11)

@@ -93,6 +93,9 @@ class OptimConfig:
     label_smoothing: float = 0.1
     class_balance: Literal["none", "loss", "sampler"] = "loss"
     ordinal: bool = False  # regression + QWK-tuned thresholds
+    # ordinal: serve severe NPDR vs PDR as the more probable of the two, not by the 3/4 cut
+    # point, which rests on the few grade-3/4 photos of a calibration split
+    vt_grade_by_probability: bool = False
     amp: bool = True
     compile: bool = False
     patience: int = 5  # early stopping on the selection metric

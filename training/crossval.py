@@ -55,8 +55,9 @@ def outcomes_from_rows(rows: list[dict[str, Any]]) -> Outcomes:
     for row in rows:
         probs = [float(row[f"p{g}"]) for g in range(5)]
         cuts = tuple(float(c) for c in str(row.get("grade_cuts") or "").split()) or None
-        decision = decide(probs, Thresholds(float(row["referable_threshold"]),
-                                            float(row["vision_threatening_threshold"]), cuts))
+        decision = decide(probs, Thresholds(
+            float(row["referable_threshold"]), float(row["vision_threatening_threshold"]), cuts,
+            vt_grade_by_probability=str(row.get("vt_grade_by_probability") or "0") == "1"))
         decided.append(decision.grade)
         calls.append(bool(decision.referable))
         scores.append(sum(probs[2:]))
@@ -157,7 +158,8 @@ def compare_rows(bundle_path: str, cfg: TrainConfig) -> list[dict[str, Any]]:
              **{f"p{g}": r["probs"][g] for g in range(5)},
              "referable_threshold": cal.referable_threshold,
              "vision_threatening_threshold": cal.vision_threatening_threshold,
-             "grade_cuts": " ".join(str(c) for c in cal.grade_thresholds or ())}
+             "grade_cuts": " ".join(str(c) for c in cal.grade_thresholds or ()),
+             "vt_grade_by_probability": int(cal.vt_grade_by_probability)}
             for r in result.predictions]
 
 

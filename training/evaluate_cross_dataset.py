@@ -154,7 +154,8 @@ def _metrics(y: np.ndarray, probs: np.ndarray, cal) -> dict[str, Any] | None:
         return None
     return evaluate(y, probs, referable_threshold=cal.referable_threshold,
                     vision_threatening_threshold=cal.vision_threatening_threshold,
-                    grade_thresholds=cal.grade_thresholds)
+                    grade_thresholds=cal.grade_thresholds,
+                    vt_grade_by_probability=cal.vt_grade_by_probability)
 
 
 def metric_value(metrics: dict[str, Any] | None, path: tuple[str, ...]) -> float | None:

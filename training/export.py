@@ -167,14 +167,24 @@ def write_sidecar(bundle: Bundle, onnx_path: Path, check: ParityCheck, opset: in
         "calibration": dataclasses.asdict(m.calibration),
         "decision_rule": "p_referable = sum(probs[2:]) >= referable_threshold; "
                          "p_vision_threatening = sum(probs[3:]) >= vision_threatening_threshold; "
-                         + ("grade = argmax(probs)" if m.calibration.grade_thresholds is None else
-                            "grade = number of grade_thresholds <= sum(g * probs[g])"),
+                         + _grade_rule(m.calibration),
         "parity": dataclasses.asdict(check) | {"tolerance": check.tolerance, "ok": check.ok},
         "notices": notices,
     }
     path = onnx_path.with_name(onnx_path.name + ".json")
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def _grade_rule(cal) -> str:
+    """core.grading.decide's grade, as a formula for users of the ONNX graph."""
+    band = ("the band the flags allow (vision-threatening: 3-4; referable: 2; neither: 0-1)")
+    if cal.grade_thresholds is None:
+        return f"grade = the most probable grade inside {band}"
+    rule = f"grade = number of grade_thresholds <= sum(g * probs[g]), clipped into {band}"
+    if cal.vt_grade_by_probability:
+        rule += "; if vision-threatening: grade = 3 if probs[3] >= probs[4] else 4"
+    return rule
 
 
 def _export_graph(model: nn.Module, example: torch.Tensor, out: Path, *, opset: int,

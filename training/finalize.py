@@ -42,10 +42,12 @@ def calibrate_and_evaluate(cfg: TrainConfig, logits: np.ndarray,
     vt_t = choose_referable_threshold(y, p_vt, min_sensitivity=cfg.optim.min_sensitivity,
                                       min_grade=3)
     grade_t = None
+    vt_by_p = cfg.optim.ordinal and cfg.optim.vt_grade_by_probability
     if cfg.optim.ordinal:  # cut points on E[grade]; the bundle serves grades with them
-        grade_t = served_cut_points(probs, y, Thresholds(float(ref_t), float(vt_t)))
+        grade_t = served_cut_points(probs, y, Thresholds(
+            float(ref_t), float(vt_t), vt_grade_by_probability=vt_by_p))
     metrics = evaluate(y, probs, referable_threshold=ref_t, vision_threatening_threshold=vt_t,
-                       grade_thresholds=grade_t)
+                       grade_thresholds=grade_t, vt_grade_by_probability=vt_by_p)
     metrics["reliability"] = reliability_bins(y, probs)
     metrics["temperature"] = temperature
     if grade_t is not None:
@@ -53,19 +55,23 @@ def calibrate_and_evaluate(cfg: TrainConfig, logits: np.ndarray,
     calibration = CalibrationSpec(temperature=float(temperature),
                                   referable_threshold=float(ref_t),
                                   vision_threatening_threshold=float(vt_t),
-                                  grade_thresholds=grade_t)
+                                  grade_thresholds=grade_t, vt_grade_by_probability=vt_by_p)
     return calibration, metrics
 
 
 def served_cut_points(probs: np.ndarray, y: np.ndarray,
                       flags: Thresholds) -> tuple[float, ...]:
     """Cut points on E[grade] tuned for kappa on the grades as served: first unconstrained,
-    then inside each photo's flag band (core.grading.decide clips the grade into it). Tuned
+    then inside each photo's flag band (core.grading.decide clips the grade into it; with
+    flags.vt_grade_by_probability a vtDR photo's grade is its more probable of 3 and 4). Tuned
     without the bands, a low referable threshold leaves the 0/1 cut where no unreferred photo
     reaches it, and the bundle never serves mild NPDR."""
     scores = expected_grade(probs)
     free = tune_qwk_thresholds(scores, y)
     bands = [grade_band(float(p[2:].sum()), float(p[3:].sum()), flags) for p in probs]
+    if flags.vt_grade_by_probability:  # a vtDR photo's grade is fixed whatever the cut points
+        bands = [range(g, g + 1) if b[0] >= 3 else b for b, g in zip(
+            bands, (3 if p[3] >= p[4] else 4 for p in probs), strict=True)]
     lowest = np.array([b[0] for b in bands])
     highest = np.array([b[-1] for b in bands])
     return tuple(float(t) for t in tune_qwk_thresholds(scores, y, init=free,
@@ -143,9 +149,17 @@ def model_card(manifest: Manifest, metrics: dict, data_summary: dict, *,
         f"{'on' if manifest.preprocessing.ben_graham else 'off'}",
         f"- Created {manifest.created}, commit `{manifest.git_commit}`", "",
         *metrics_table(metrics), "",
+        VT_GRADE_CARD_LINE if manifest.calibration.vt_grade_by_probability else "",
         RETFOUND_LICENSE_NOTICE if manifest.license else "", "", RESEARCH_USE_NOTICE, "",
     ]
     return "\n".join(line for line in lines if line is not None)
+
+
+VT_GRADE_CARD_LINE = (
+    "Grade inside the vision-threatening band: severe NPDR or PDR, whichever is more probable; "
+    "the 3/4 cut point on the expected grade is not used there (it rests on the few grade-3/4 "
+    "photos of the calibration split). `python -m training.operating_rules` compares the "
+    "rules out of fold.\n")
 
 
 # (label, path into training.metrics.evaluate's dict, is it a threshold-dependent figure)

@@ -176,7 +176,8 @@ def macro_auroc(y_true: Any, probs: Any) -> float | None:
 
 def evaluate(y_true: Any, probs: Any, *, referable_threshold: float | None = None,
              vision_threatening_threshold: float | None = None,
-             grade_thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+             grade_thresholds: Sequence[float] | None = None,
+             vt_grade_by_probability: bool = False) -> dict[str, Any]:
     """All validation metrics of a 5-grade classifier, JSON-ready (no NaN; None = undefined).
 
     Thresholds default to 0.5; trainers pass the ones chosen by `choose_referable_threshold`
@@ -192,7 +193,8 @@ def evaluate(y_true: Any, probs: Any, *, referable_threshold: float | None = Non
     rule = Thresholds(DEFAULT_THRESHOLD if referable_threshold is None else referable_threshold,
                       DEFAULT_THRESHOLD if vision_threatening_threshold is None
                       else vision_threatening_threshold,
-                      None if grade_thresholds is None else tuple(sorted(grade_thresholds)))
+                      None if grade_thresholds is None else tuple(sorted(grade_thresholds)),
+                      vt_grade_by_probability=vt_grade_by_probability)
     pred = np.array([decide(row, rule).grade for row in p], dtype=np.int64)
     cm = confusion_matrix(y, pred)
     counts = cm.sum(1)

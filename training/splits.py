@@ -109,13 +109,16 @@ def calibrated_metrics(y: np.ndarray, logits: np.ndarray,
     probs = apply_temperature(logits, calibration.temperature)
     return evaluate(y, probs, referable_threshold=calibration.referable_threshold,
                     vision_threatening_threshold=calibration.vision_threatening_threshold,
-                    grade_thresholds=calibration.grade_thresholds)
+                    grade_thresholds=calibration.grade_thresholds,
+                    vt_grade_by_probability=calibration.vt_grade_by_probability)
 
 
 def held_out_metrics(cfg: TrainConfig, splits: Splits, scored: dict,
                      calibration: CalibrationSpec, run_dir: Path) -> dict[str, Any]:
-    """Figures on the splits calibration did not see, each labelled with its split; the test
-    fold's calibrated predictions go to test_predictions.csv for cross-validation."""
+    """Figures on the splits calibration did not see, each labelled with its split. The test
+    fold's calibrated predictions go to test_predictions.csv for cross-validation, and the
+    calibration split's to calibration_predictions.csv, so that another operating rule can be
+    fitted where this one was and measured where this one was measured."""
     out: dict[str, Any] = {"split": "calibration" if splits.separate_calibration else "selection",
                            "split_notes": split_notes(splits.separate_calibration)}
     if splits.separate_calibration:
@@ -124,6 +127,10 @@ def held_out_metrics(cfg: TrainConfig, splits: Splits, scored: dict,
         out["test"] = calibrated_metrics(*scored["test"], calibration)
         write_predictions(run_dir / "test_predictions.csv", splits.test,
                           apply_temperature(scored["test"][1], calibration.temperature),
+                          calibration, cfg.data.cv_fold)
+    if splits.separate_calibration:
+        write_predictions(run_dir / "calibration_predictions.csv", splits.calibration,
+                          apply_temperature(scored["calibration"][1], calibration.temperature),
                           calibration, cfg.data.cv_fold)
     return out
 
@@ -135,10 +142,12 @@ def write_predictions(path: Path, records: list[LabelledImage], probs: np.ndarra
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "patient", "grade", "fold", "p0", "p1", "p2", "p3", "p4",
-                         "referable_threshold", "vision_threatening_threshold", "grade_cuts"])
+                         "referable_threshold", "vision_threatening_threshold", "grade_cuts",
+                         "vt_grade_by_probability"])
         for record, p in zip(records, probs, strict=True):
             writer.writerow([record.id, record.patient, record.grade, fold,
                              *[f"{v:.6f}" for v in p],
                              f"{calibration.referable_threshold:.6f}",
                              f"{calibration.vision_threatening_threshold:.6f}",
-                             " ".join(f"{c:.6f}" for c in cuts) if cuts else ""])
+                             " ".join(f"{c:.6f}" for c in cuts) if cuts else "",
+                             int(calibration.vt_grade_by_probability)])

@@ -8,7 +8,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from core.grading import GRADE_NAMES
+from core.grading import GRADE_NAMES, VT_GRADE_BY_PROBABILITY_WORDS
 
 LABELS = {"n": "photos", "accuracy": "accuracy (5 grades)",
           "kappa_quadratic": "quadratic-weighted kappa", "kappa": "Cohen's kappa",
@@ -60,13 +60,14 @@ def metrics_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def grade_rule(cuts: Any) -> str:
+def grade_rule(cuts: Any, vt_grade_by_probability: bool = False) -> str:
     """How this bundle's grade is decided (core.grading.decide), in words."""
     band = "flags at the operating thresholds, then "
     if not cuts:
         return band + "the most probable grade they allow"
     return (band + "cut points " + ", ".join(f"{float(c):.3f}" for c in cuts)
-            + " on the expected grade, kept inside the band the flags allow")
+            + " on the expected grade, kept inside the band the flags allow"
+            + (VT_GRADE_BY_PROBABILITY_WORDS if vt_grade_by_probability else ""))
 
 
 def confusion_figure(cm: list[list[int]]) -> go.Figure:

@@ -10,7 +10,14 @@ import json
 
 import streamlit as st
 
-from core.grading import DME_NOT_ASSESSED, GRADE_NAMES, HEADLINES, NOT_FUNDUS_HEADLINE, Urgency
+from core.grading import (
+    DME_NOT_ASSESSED,
+    GRADE_NAMES,
+    HEADLINES,
+    NOT_FUNDUS_HEADLINE,
+    VT_GRADE_BY_PROBABILITY_WORDS,
+    Urgency,
+)
 from core.predict import Prediction
 from core.quality import QualityReport
 from core.wording import RESULT_RECORD_NOTICE
@@ -140,7 +147,9 @@ def settings_rows(prediction: Prediction) -> dict[str, str]:
         "Grade decided by": DECIDED_BY + ("the most probable grade in that band" if not
                                           s.grade_thresholds else
                                           "cut points " + _cuts(s.grade_thresholds)
-                                          + " on the expected grade, kept inside that band"),
+                                          + " on the expected grade, kept inside that band"
+                                          + (VT_GRADE_BY_PROBABILITY_WORDS
+                                             if s.vt_grade_by_probability else "")),
         "Test-time augmentation": str(s.tta), "Device": s.device,
         "CPU int8 grading (DR_CPU_INT8)": str(s.cpu_int8),
         "Latency (decode to result)": f"{prediction.latency_ms:.0f} ms",

@@ -47,7 +47,8 @@ def _facts(bundle: Bundle) -> None:
                         m.base_bundle or "none",
                         f"{m.calibration.referable_threshold:.3f} / "
                         f"{m.calibration.vision_threatening_threshold:.3f}",
-                        grade_rule(m.calibration.grade_thresholds),
+                        grade_rule(m.calibration.grade_thresholds,
+                                   m.calibration.vt_grade_by_probability),
                         f"{m.calibration.temperature:.3f}"]}, hide_header=True)
     if is_grader(bundle) and near_chance(m.evaluation):
         st.warning("Near chance on its own validation data (or no validation metrics): every "

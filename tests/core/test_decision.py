@@ -69,7 +69,7 @@ def check_invariants(d: Decision, probs: list[float], rule: Thresholds) -> None:
     # the grade: the most probable one the flags allow (argmax), or the clamped cut-point grade
     band = [g for g in range(5) if (g >= 2) == d.referable and (g >= 3) == d.vision_threatening]
     assert d.grade in band
-    if rule.grade_cuts is None:
+    if rule.grade_cuts is None or (d.vision_threatening and rule.vt_grade_by_probability):
         assert probs[d.grade] == max(probs[g] for g in band)
     else:
         ordinal = decide_grade(probs, rule.grade_cuts)
@@ -77,9 +77,10 @@ def check_invariants(d: Decision, probs: list[float], rule: Thresholds) -> None:
 
 
 @settings(max_examples=600, deadline=None)
-@given(probability_vectors(), thresholds_st, thresholds_st, cuts_st, quality_st, st.booleans())
-def test_every_decision_is_coherent(probs, t_ref, t_vt, cuts, quality, chance):
-    rule = Thresholds(t_ref, t_vt, cuts)
+@given(probability_vectors(), thresholds_st, thresholds_st, cuts_st, quality_st, st.booleans(),
+       st.booleans())
+def test_every_decision_is_coherent(probs, t_ref, t_vt, cuts, quality, chance, vt_by_p):
+    rule = Thresholds(t_ref, t_vt, cuts, vt_grade_by_probability=vt_by_p)
     d = decide(probs, rule, quality_level=quality, near_chance=chance)
     check_invariants(d, probs, rule)
     # review: fragile answers are flagged, sound ones are not
@@ -103,6 +104,19 @@ def test_the_reported_contradictions_cannot_happen():
     # "refer urgently" beside "Moderate NPDR ... within 3-6 months" (ordinal cut points)
     d = decide([0.05, 0.1, 0.5, 0.05, 0.3], Thresholds(0.32, 0.108, (0.56, 1.18, 2.8, 2.87)))
     assert d.vision_threatening and d.grade >= 3 and "immediately" in d.guidance().action
+
+
+def test_severe_npdr_or_pdr_by_the_more_probable_when_the_bundle_says_so():
+    # 687_right on eyepacs-lite0: 70% on severe NPDR, 5% on PDR, E[grade] past the 3/4 cut point
+    probs = [0.1, 0.1, 0.05, 0.7, 0.05]
+    cuts = (0.99, 1.33, 1.85, 2.25)
+    assert decide(probs, Thresholds(0.09, 0.12, cuts)).grade == 4  # "PDR, probability 5%"
+    d = decide(probs, Thresholds(0.09, 0.12, cuts, vt_grade_by_probability=True))
+    assert (d.grade, d.confidence) == (3, 0.7)
+    # below the vtDR band the cut points still decide (grade 1 is served, not argmax's 0)
+    mild = [0.7, 0.25, 0.05, 0.0, 0.0]
+    assert decide(mild, Thresholds(0.09, 0.12, (0.3, 1.33, 1.85, 2.25),
+                                   vt_grade_by_probability=True)).grade == 1
 
 
 def test_ungradable_has_no_grade_and_no_flags():

@@ -135,7 +135,11 @@ def test_crossval_command_runs_folds_and_reuses_finished_ones(tmp_path, syntheti
     ids = []
     for k in range(2):
         with (out / f"fold{k}" / "test_predictions.csv").open() as fh:
-            ids += [row["id"] for row in csv.DictReader(fh)]
+            fold_test = [row["id"] for row in csv.DictReader(fh)]
+        with (out / f"fold{k}" / "calibration_predictions.csv").open() as fh:
+            fold_calibration = [row["id"] for row in csv.DictReader(fh)]
+        assert fold_calibration and not set(fold_calibration) & set(fold_test)
+        ids += fold_test
         evaluation = json.loads((out / f"fold{k}" / "bundle" / "manifest.json").read_text())[
             "evaluation"]
         assert evaluation["split"] == "calibration"

@@ -37,8 +37,10 @@ def test_cnn_bundle_exports_with_dynamic_batch_and_sidecar(tmp_path):
     assert result.sidecar_path.name == "cnn.onnx.json"
     assert side["calibration"] == {"temperature": 1.7, "referable_threshold": 0.31,
                                    "vision_threatening_threshold": 0.22,
-                                   "grade_thresholds": None}  # ordinal bundles: 4 cut points
-    assert side["decision_rule"].endswith("grade = argmax(probs)")
+                                   "grade_thresholds": None,  # ordinal bundles: 4 cut points
+                                   "vt_grade_by_probability": False}
+    assert "grade = the most probable grade inside the band the flags allow" in side[
+        "decision_rule"]
     assert side["preprocessing"]["input_size"] == 64
     assert side["onnx"]["input"]["shape"] == ["batch", 3, 64, 64]
     assert side["model"]["bundle_key"] == bundle.key and side["parity"]["ok"] is True

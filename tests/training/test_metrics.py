@@ -271,3 +271,28 @@ def test_bands_must_match_the_labels():
     y = np.array([0, 1, 2, 3, 4])
     with pytest.raises(ValueError, match="one .lowest, highest. grade per image"):
         M.tune_qwk_thresholds(y.astype(float), y, bands=(np.zeros(4), np.ones(4)))
+
+
+def test_a_bundle_fitted_with_vt_grade_by_probability_reports_the_kappa_it_serves():
+    """calibrate_and_evaluate with optim.vt_grade_by_probability: the bundle carries the rule,
+    its kappa is that of the grades decide() serves with it, and no vtDR photo is served the
+    less probable of severe NPDR and PDR."""
+    from dataclasses import replace
+
+    from training.calibration import apply_temperature
+    from training.config import TrainConfig
+    from training.finalize import calibrate_and_evaluate
+
+    probs, y = _noisy_calibration_split()
+    logits = np.log(np.clip(probs, 1e-6, None))
+    base = TrainConfig()
+    cfg = replace(base, optim=replace(base.optim, ordinal=True, vt_grade_by_probability=True))
+    calibration, metrics = calibrate_and_evaluate(cfg, logits, y)
+    assert calibration.vt_grade_by_probability
+    served_probs = apply_temperature(logits, calibration.temperature)
+    decisions = [decide(p, calibration.thresholds()) for p in served_probs]
+    served = np.array([d.grade for d in decisions])
+    assert metrics["kappa_quadratic"] == pytest.approx(
+        cohen_kappa_score(y, served, weights="quadratic"))
+    vt = [(d, p) for d, p in zip(decisions, served_probs, strict=True) if d.vision_threatening]
+    assert vt and all(p[d.grade] >= p[7 - d.grade] for d, p in vt)
