@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from core.archs.specs import ArchitectureSpec, ExplanationSpec
 from core.archs.tier import Tier, TrainableModel, TrainingStart
+from core.errors import ConfigError
 
 
 class BaselineTier(Tier):
@@ -23,13 +25,33 @@ class BaselineTier(Tier):
         from core.explain import suggest_layer
 
         m = start.model
-        model = DRClassifier(m.name, num_classes=5, pretrained=m.pretrained,
-                             dropout_rate=m.dropout_rate, weights_path=m.weights_path)
+        if start.base is not None:  # model.checkpoint_path: continue from a baseline bundle
+            model = DRClassifier(m.name, num_classes=5, pretrained=False,
+                                 dropout_rate=m.dropout_rate)
+            model.load_state_dict(self._base_weights(start, m.name), strict=True)
+        else:
+            model = DRClassifier(m.name, num_classes=5, pretrained=m.pretrained,
+                                 dropout_rate=m.dropout_rate, weights_path=m.weights_path)
         arch = ArchitectureSpec("timm_classifier", {"model_name": m.name, "num_classes": 5,
                                                     "dropout_rate": m.dropout_rate})
         layer = suggest_layer(model, "cnn", start.input_size)
         return TrainableModel(model, arch, ExplanationSpec(layer, arch="cnn"),
                               freeze_epochs=start.freeze_epochs)
+
+    @staticmethod
+    def _base_weights(start: TrainingStart, model_name: str) -> dict[str, torch.Tensor]:
+        """Every tensor of a baseline bundle of the same timm model, head included: a clinic
+        fine-tunes a shipped grader on its own photos, or a recipe starts from another run.
+        Anything else fails loudly: silently starting from ImageNet while the card says
+        "started from bundle X" would be a card that lies."""
+        base = start.base
+        name = base.manifest.architecture.kwargs.get("model_name")
+        if base.manifest.tier != "baseline" or name != model_name:
+            raise ConfigError(
+                f"model.checkpoint_path {base.path}: a baseline run starts only from a baseline "
+                f"bundle of the same timm model ({model_name!r}); this is a "
+                f"{base.manifest.tier!r} bundle of {name!r}")
+        return start.base_weights()
 
     def set_epoch(self, model: nn.Module, epoch: int, freeze_epochs: int) -> None:
         """Stage switch: backbone frozen for the first `freeze_epochs` epochs."""

@@ -1,0 +1,76 @@
+"""A baseline run with `model.checkpoint_path` = a baseline bundle starts from that bundle's
+weights (a clinic fine-tuning a shipped grader on its own photos). Before, the baseline tier
+ignored the path: it trained from scratch while the card said "started from bundle X"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.archs.tier import TrainingStart
+from core.archs.tiers import get_tier
+from core.bundle import load_bundle, read_weights, save_model_bundle
+from core.errors import ConfigError
+from core.manifest import Manifest, Provenance, WeightsSpec
+from core.preprocessing import PreprocessSpec
+from tests.training.conftest import tiny_overrides
+from training.config import ModelConfig, load_config
+from training.run import run
+from training.tiers import training_start
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def base_bundle(tmp_path_factory) -> Path:
+    """A tiny resnet10t baseline bundle with seeded random weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        built = get_tier("baseline").training_model(TrainingStart(ModelConfig(name="resnet10t"),
+                                                                  64))
+    manifest = Manifest(
+        name="tiny-base", version="0.1", tier="baseline", created="2026-01-01T00:00:00+00:00",
+        architecture=built.architecture, preprocessing=PreprocessSpec(input_size=64),
+        explanation=built.explanation, weights=WeightsSpec("weights.safetensors", ""),
+        provenance=Provenance("random weights (test)"), demo=True)
+    folder = tmp_path_factory.mktemp("models") / "tiny-base"
+    return save_model_bundle(folder, manifest, built.model.eval()).path
+
+
+def _start(bundle: Path, name: str = "resnet10t") -> TrainingStart:
+    from training.config import TrainConfig
+
+    return training_start(TrainConfig(model=ModelConfig(name=name,
+                                                        checkpoint_path=str(bundle))))
+
+
+def test_every_tensor_comes_from_the_bundle(base_bundle):
+    built = get_tier("baseline").training_model(_start(base_bundle))
+    expected = read_weights(load_bundle(base_bundle))
+    state = built.model.state_dict()
+    assert set(state) == set(expected)
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    fresh = get_tier("baseline").training_model(TrainingStart(ModelConfig(name="resnet10t"), 64))
+    assert not all(torch.equal(fresh.model.state_dict()[k], expected[k]) for k in expected)
+
+
+def test_another_timm_model_is_refused_by_name(base_bundle):
+    with pytest.raises(ConfigError, match="same timm model .'resnet18'.*'resnet10t'"):
+        get_tier("baseline").training_model(_start(base_bundle, "resnet18"))
+
+
+def test_a_run_from_the_bundle_trains_and_says_where_it_started(tmp_path, base_bundle,
+                                                                synthetic_aptos):
+    cfg = load_config(REPO / "training" / "configs" / "baseline.yaml", tiny_overrides(
+        synthetic_aptos, tmp_path / "cache", tmp_path / "runs", "baseline") + [
+        "optim.epochs=1", "optim.freeze_epochs=0", "run_name=from-bundle",
+        f"model.checkpoint_path={base_bundle}"])
+    result = run(cfg, progress=False)
+    card = (result.bundle.path / "MODEL_CARD.md").read_text()
+    assert "- Started from bundle `tiny-base`" in card
+    trained = read_weights(load_bundle(result.bundle.path))
+    start = read_weights(load_bundle(base_bundle))
+    assert set(trained) == set(start)
+    assert not all(torch.equal(trained[k], start[k]) for k in start)  # it did train
