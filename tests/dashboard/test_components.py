@@ -66,6 +66,11 @@ def test_settings_rows_record_model_and_thresholds():
         SETTINGS, grade_thresholds=(0.5, 1.2, 2.8, 2.9)))
     assert "cut points [0.500, 1.200, 2.800, 2.900] on the expected grade" in \
         settings_rows(ordinal)["Grade decided by"]
+    assert "severe NPDR vs PDR" not in settings_rows(ordinal)["Grade decided by"]
+    vt_rule = dataclasses.replace(ordinal, settings=dataclasses.replace(
+        ordinal.settings, vt_grade_by_probability=True))
+    assert settings_rows(vt_rule)["Grade decided by"].endswith(
+        "severe NPDR vs PDR: the more probable of the two")
 
 
 def test_signoff_validation():
