@@ -33,3 +33,28 @@ def tiny_overrides(data_dir: Path, cache_dir: Path, out_dir: Path, tier: str) ->
                          "model.drop_path_rate=0.0"]
     return common + ["optim.lr=5e-3", "model.lora_r=4", "model.lora_alpha=8",
                      "optim.layer_decay=1.0"]
+
+
+def save_tiny_baseline_bundle(folder: Path, preprocessing, *, seed: int = 0,
+                              version: str = "0.1") -> Path:
+    """A resnet10t baseline bundle with seeded random weights, named after its folder (the
+    plumbing is under test, not the model)."""
+    import torch
+
+    from core.archs.tier import TrainingStart
+    from core.archs.tiers import get_tier
+    from core.bundle import save_model_bundle
+    from core.manifest import Manifest, Provenance, WeightsSpec
+    from training.config import ModelConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        built = get_tier("baseline").training_model(TrainingStart(ModelConfig(name="resnet10t"),
+                                                                  preprocessing.input_size))
+    manifest = Manifest(
+        name=folder.name, version=version, tier="baseline", created="2026-01-01T00:00:00+00:00",
+        architecture=built.architecture, preprocessing=preprocessing,
+        explanation=built.explanation, weights=WeightsSpec("weights.safetensors", ""),
+        provenance=Provenance("random weights (test)"), demo=True)
+    return save_model_bundle(folder, manifest, built.model.eval()).path
+

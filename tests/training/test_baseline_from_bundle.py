@@ -11,11 +11,10 @@ import torch
 
 from core.archs.tier import TrainingStart
 from core.archs.tiers import get_tier
-from core.bundle import load_bundle, read_weights, save_model_bundle
+from core.bundle import load_bundle, read_weights
 from core.errors import ConfigError
-from core.manifest import Manifest, Provenance, WeightsSpec
 from core.preprocessing import PreprocessSpec
-from tests.training.conftest import tiny_overrides
+from tests.training.conftest import save_tiny_baseline_bundle, tiny_overrides
 from training.config import ModelConfig, load_config
 from training.run import run
 from training.tiers import training_start
@@ -26,17 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def base_bundle(tmp_path_factory) -> Path:
     """A tiny resnet10t baseline bundle with seeded random weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        built = get_tier("baseline").training_model(TrainingStart(ModelConfig(name="resnet10t"),
-                                                                  64))
-    manifest = Manifest(
-        name="tiny-base", version="0.1", tier="baseline", created="2026-01-01T00:00:00+00:00",
-        architecture=built.architecture, preprocessing=PreprocessSpec(input_size=64),
-        explanation=built.explanation, weights=WeightsSpec("weights.safetensors", ""),
-        provenance=Provenance("random weights (test)"), demo=True)
     folder = tmp_path_factory.mktemp("models") / "tiny-base"
-    return save_model_bundle(folder, manifest, built.model.eval()).path
+    return save_tiny_baseline_bundle(folder, PreprocessSpec(input_size=64), seed=7)
 
 
 def _start(bundle: Path, name: str = "resnet10t") -> TrainingStart:

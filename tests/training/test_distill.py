@@ -16,7 +16,7 @@ from torch import nn
 from core.bundle import load_bundle
 from core.errors import ConfigError
 from core.preprocessing import PreprocessSpec, preprocess
-from tests.training.conftest import tiny_overrides
+from tests.training.conftest import save_tiny_baseline_bundle, tiny_overrides
 from training.config import load_config
 from training.distill import Teacher, distill_loss
 from training.finalize import model_card
@@ -35,24 +35,9 @@ def _cfg(tmp: Path, data: Path, tier: str, *extra: str):
 def teacher_bundle(tmp_path_factory) -> Path:
     """A tiny baseline grader bundle (resnet10t, untrained: the plumbing is under test, not the
     teacher), fed at another input size and mean/std than the students' (64 px, ImageNet)."""
-    from core.archs.tier import TrainingStart
-    from core.archs.tiers import get_tier
-    from core.bundle import save_model_bundle
-    from core.manifest import Manifest, Provenance, WeightsSpec
-    from training.config import ModelConfig
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        built = get_tier("baseline").training_model(TrainingStart(ModelConfig(name="resnet10t"),
-                                                                  48))
-    manifest = Manifest(
-        name="tiny-teacher", version="0.3", tier="baseline", created="2026-01-01T00:00:00+00:00",
-        architecture=built.architecture,
-        preprocessing=PreprocessSpec(input_size=48, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25)),
-        explanation=built.explanation, weights=WeightsSpec("weights.safetensors", ""),
-        provenance=Provenance("random weights (test)"), demo=True)
     folder = tmp_path_factory.mktemp("models") / "tiny-teacher"
-    return save_model_bundle(folder, manifest, built.model.eval()).path
+    return save_tiny_baseline_bundle(folder, PreprocessSpec(
+        input_size=48, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25)), version="0.3")
 
 
 # ------------------------------------------------------------------------------------- loss
