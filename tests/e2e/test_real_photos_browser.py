@@ -57,7 +57,7 @@ def test_default_bundle_on_real_photos(tmp_path):
             open_grade_page_ready(page)
             body = page.locator("body")
             selected = page.locator('[data-testid="stSelectbox"]').first.inner_html()
-            assert f"{DEFAULT} 1.0.0 (Baseline CNN)" in selected  # the default bundle
+            assert f"{DEFAULT} 1.1.0 (Baseline CNN)" in selected  # the default bundle
             assert "Trained on 395 EyePACS photos" in body.inner_text()
             assert "DEMO MODEL" not in body.inner_text()
             page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(

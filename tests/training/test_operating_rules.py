@@ -88,3 +88,14 @@ def test_folds_without_calibration_predictions_are_refused(tmp_path):
     (tmp_path / "fold0" / "test_predictions.csv").write_text("id\n")
     with pytest.raises(SystemExit, match="calibration_predictions.csv"):
         operating_rules.fold_dirs(tmp_path)
+
+
+def test_the_command_prints_and_writes_the_table(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    _fold(tmp_path / "cv" / "fold0", 0, rng)
+    out = tmp_path / "rules.md"
+    assert operating_rules.main([str(tmp_path / "cv"), "--bootstrap", "20",
+                                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| rule |" in printed and out.read_text() == printed.rstrip("\n") + "\n"
+
