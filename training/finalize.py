@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +38,10 @@ def calibrate_and_evaluate(cfg: TrainConfig, logits: np.ndarray,
     """Temperature on validation NLL; referable / vtDR thresholds at the sensitivity target."""
     temperature = fit_temperature(logits, y)
     probs = apply_temperature(logits, temperature)
-    p_ref, p_vt = probs[:, 2:].sum(1), probs[:, 3:].sum(1)
-    ref_t = choose_referable_threshold(y, p_ref, min_sensitivity=cfg.optim.min_sensitivity)
-    vt_t = choose_referable_threshold(y, p_vt, min_sensitivity=cfg.optim.min_sensitivity,
-                                      min_grade=3)
-    grade_t = None
     vt_by_p = cfg.optim.ordinal and cfg.optim.vt_grade_by_probability
-    if cfg.optim.ordinal:  # cut points on E[grade]; the bundle serves grades with them
-        grade_t = served_cut_points(probs, y, Thresholds(
-            float(ref_t), float(vt_t), vt_grade_by_probability=vt_by_p))
+    rule = fit_operating_rule(probs, y, cfg.optim.min_sensitivity, cfg.optim.min_sensitivity,
+                              ordinal=cfg.optim.ordinal, vt_grade_by_probability=vt_by_p)
+    ref_t, vt_t, grade_t = rule.referable, rule.vision_threatening, rule.grade_cuts
     metrics = evaluate(y, probs, referable_threshold=ref_t, vision_threatening_threshold=vt_t,
                        grade_thresholds=grade_t, vt_grade_by_probability=vt_by_p)
     metrics["reliability"] = reliability_bins(y, probs)
@@ -57,6 +53,19 @@ def calibrate_and_evaluate(cfg: TrainConfig, logits: np.ndarray,
                                   vision_threatening_threshold=float(vt_t),
                                   grade_thresholds=grade_t, vt_grade_by_probability=vt_by_p)
     return calibration, metrics
+
+
+def fit_operating_rule(probs: np.ndarray, y: np.ndarray, referable_sensitivity: float,
+                       vt_sensitivity: float, *, ordinal: bool = True,
+                       vt_grade_by_probability: bool = False) -> Thresholds:
+    """Flags at their sensitivity targets, then (ordinal bundles) cut points tuned on the
+    grades as served. The one fit training and training.operating_rules both use."""
+    ref_t = choose_referable_threshold(y, probs[:, 2:].sum(1),
+                                       min_sensitivity=referable_sensitivity)
+    vt_t = choose_referable_threshold(y, probs[:, 3:].sum(1), min_sensitivity=vt_sensitivity,
+                                      min_grade=3)
+    flags = Thresholds(float(ref_t), float(vt_t), vt_grade_by_probability=vt_grade_by_probability)
+    return replace(flags, grade_cuts=served_cut_points(probs, y, flags) if ordinal else None)
 
 
 def served_cut_points(probs: np.ndarray, y: np.ndarray,

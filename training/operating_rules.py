@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,7 @@ import numpy as np
 
 from core.grading import Thresholds, decide, grade_band
 from training.crossval import Outcomes, bootstrap
-from training.finalize import served_cut_points
-from training.metrics import choose_referable_threshold
+from training.finalize import fit_operating_rule
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,8 @@ class Rule:
     vt_grade_by_probability: bool = False  # severe NPDR vs PDR: the more probable of the two
 
     def fit(self, probs: np.ndarray, y: np.ndarray) -> Thresholds:
-        ref_t = choose_referable_threshold(y, probs[:, 2:].sum(1),
-                                           min_sensitivity=self.referable_sensitivity)
-        vt_t = choose_referable_threshold(y, probs[:, 3:].sum(1),
-                                          min_sensitivity=self.vt_sensitivity, min_grade=3)
-        flags = Thresholds(float(ref_t), float(vt_t),
-                           vt_grade_by_probability=self.vt_grade_by_probability)
-        return replace(flags, grade_cuts=served_cut_points(probs, y, flags))
+        return fit_operating_rule(probs, y, self.referable_sensitivity, self.vt_sensitivity,
+                                  vt_grade_by_probability=self.vt_grade_by_probability)
 
 
 RULES = (

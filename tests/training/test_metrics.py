@@ -260,8 +260,12 @@ def test_cut_points_tuned_inside_the_flag_bands_serve_mild_npdr():
     served = served_cut_points(probs, y, flags)
     graded_free = _served(probs, free, flags)
     graded_served = _served(probs, served, flags)
-    assert 1 not in graded_free  # tuned without the bands, the 0/1 cut is out of reach
-    assert 1 in graded_served
+    # the scenario of eyepacs-lite0 before session 7: tuned without the bands, the 0/1 cut is
+    # out of reach of every unreferred photo (if this fails, the fixture no longer shows it)
+    assert 1 not in graded_free, "fixture no longer reproduces the empty grade-1 band"
+    # the fix: tuned on the grades as served (fails with served_cut_points replaced by the
+    # band-free tuning, checked by mutation)
+    assert 1 in graded_served, "band-aware cut points serve no mild NPDR"
     assert (cohen_kappa_score(y, graded_served, weights="quadratic")
             > cohen_kappa_score(y, graded_free, weights="quadratic"))
     assert min(np.diff(served)) >= M.MIN_ORDINAL_BAND
