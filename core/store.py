@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -167,6 +168,26 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # ---------------------------------------------------------------- the store
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, waiting out another connection's write lock.
+
+    Switching needs the write lock while this statement holds a read lock, so SQLite answers
+    BUSY at once instead of calling the busy handler (it would deadlock). Two processes
+    opening one new database together hit exactly that; retry within BUSY_TIMEOUT_MS.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
 class Store:
     """The screening database; safe across threads and processes.
 
@@ -192,7 +213,7 @@ class Store:
                                isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn

@@ -160,3 +160,23 @@ def test_running_runs_report_their_last_activity(tmp_path):
     store.reopen_run(run_id)  # a resumption counts as activity
     resumed = store.run(run_id).last_activity
     assert resumed > max(newest, done.finished_at), (resumed, newest, done.finished_at)
+
+
+def test_opening_while_another_connection_writes_a_new_database_waits(tmp_path):
+    """Switching a new database to WAL needs its write lock; SQLite answers BUSY at once
+    (without the busy handler) when another connection holds it, so two screening processes
+    starting together on a fresh database used to die with "database is locked"."""
+    db = tmp_path / "db.sqlite"
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (x)")  # a rollback-journal database, as a new file is
+    other.execute("BEGIN IMMEDIATE")  # holds the write (RESERVED) lock
+    other.execute("INSERT INTO t VALUES (1)")
+    release = threading.Timer(0.5, other.execute, args=("COMMIT",))
+    release.start()
+    try:
+        store = Store(db)  # before the fix: OperationalError at PRAGMA journal_mode=WAL
+    finally:
+        release.join()
+        other.close()
+    assert store.schema_version() > 0
+    assert store._row("PRAGMA journal_mode")[0] == "wal"
