@@ -180,7 +180,7 @@ class Trainer:
             self.state.epoch = epoch + 1
             self.save_checkpoint()
             if self.state.bad_epochs >= cfg.optim.patience:
-                self.logger.note(f"early stopping after epoch {epoch}: no "
+                self.logger.note(f"early stopping after epoch {epoch + 1}: no "
                                  f"{cfg.optim.select_metric} gain for "
                                  f"{cfg.optim.patience} epochs")
                 break

@@ -147,3 +147,17 @@ def test_ordinal_run_ships_its_cut_points_and_serves_with_them(tmp_path, synthet
     for p in graded:
         band = [g for g in range(5) if (g >= 2) == p.referable and (g >= 3) == p.vision_threatening]
         assert p.grade == min(max(decide_grade(p.probs, cuts), band[0]), band[-1])
+
+
+def test_early_stop_names_the_epoch_as_the_log_numbers_it(tmp_path, synthetic_aptos, capsys,
+                                                          monkeypatch):
+    """No epoch beats the first (the score is held constant): patience 1 stops after epoch 2,
+    and the note counts epochs as the per-epoch lines do (from 1)."""
+    monkeypatch.setattr("training.loop.selection_score", lambda metrics, name: 0.5)
+    cfg = _cfg(tmp_path, synthetic_aptos, "baseline", "optim.epochs=4", "optim.patience=1",
+               "optim.freeze_epochs=0")
+    result = run(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert len(result.history) == 2
+    assert "epoch 2:" in out and "epoch 3:" not in out
+    assert "early stopping after epoch 2:" in out, out[-1500:]
