@@ -11,7 +11,8 @@ is dropped afterwards (smooth L1; AdamW, warmup then cosine; random flips, which
 sees too). No grade is read: the photos are used unlabelled. The output is an encoder bundle of
 the student's own architecture, so `train_retfound` / `train_lora` start from it through
 `model.checkpoint_path`, and its provenance, which the cards' "Started from" line quotes, names
-the teacher, the starting encoder and the photos.
+the teacher, the starting encoder and the photos. `--device cuda` runs student and teacher on a
+GPU with bf16 autocast (written for when one is lent; the CPU path is the tested one).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class DistillSettings:
     weight_decay: float = 0.05
     warmup_steps: int = 50
     seed: int = 0
+    device: str = "cpu"  # "cuda" moves student, teacher and each batch (the photos stay in RAM)
 
 
 @dataclass(frozen=True)
@@ -117,16 +119,18 @@ def distill(teacher_dir: str | Path, student_dir: str | Path, photos: Sequence[s
     loss log and curve to run_dir (default runs/<bundle folder name>-distill)."""
     student_bundle = load_bundle(student_dir)
     spec = student_bundle.manifest.preprocessing
+    device = torch.device(settings.device)
     torch.manual_seed(settings.seed)
-    student = _encoder(student_bundle).train()
-    teacher = Teacher.load(teacher_dir, spec)
+    student = _encoder(student_bundle).train().to(device)
+    teacher = Teacher.load(teacher_dir, spec).to(device)
     x_all, skipped = load_photos(photo_paths(photos), spec, progress)
     with torch.no_grad():
-        probe = pooled_features(teacher.model, teacher.adapt(x_all[:2].float()))
-        stats = torch.cat([pooled_features(teacher.model, teacher.adapt(x_all[i:i + 128].float()))
-                           for i in range(0, len(x_all), 128)])
+        stats = torch.cat([
+            pooled_features(teacher.model, teacher.adapt(x_all[i:i + 128].to(device).float()))
+            for i in range(0, len(x_all), 128)])
+        width = student(x_all[:2].to(device).float()).shape[1]
     mean, std = stats.mean(0), stats.std(0) + 1e-6
-    proj = nn.Linear(student(x_all[:2].float()).shape[1], probe.shape[1])
+    proj = nn.Linear(width, stats.shape[1]).to(device)
     params = list(student.parameters()) + list(proj.parameters())
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
                             betas=(0.9, 0.95))
@@ -144,7 +148,7 @@ def _loop(student, proj, teacher, x_all, stats, opt, s: DistillSettings, progres
         if len(order) < s.batch_size:
             order = torch.randperm(len(x_all), generator=gen)
         idx, order = order[:s.batch_size], order[s.batch_size:]
-        x = x_all[idx].float()
+        x = x_all[idx].to(stats[0].device).float()
         flips = torch.rand(2, generator=gen)
         x = x.flip(3) if flips[0] < 0.5 else x
         x = x.flip(2) if flips[1] < 0.5 else x
@@ -152,7 +156,8 @@ def _loop(student, proj, teacher, x_all, stats, opt, s: DistillSettings, progres
             target = (pooled_features(teacher.model, teacher.adapt(x)) - stats[0]) / stats[1]
         for group in opt.param_groups:
             group["lr"] = _lr(s, step)
-        loss = F.smooth_l1_loss(proj(student(x)), target)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):  # bf16 on a GPU
+            loss = F.smooth_l1_loss(proj(student(x)).float(), target)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(student.parameters()) + list(proj.parameters()), 1.0)
@@ -229,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name))
     for name in ("lr", "weight_decay"):
         ap.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args(argv)
     settings = DistillSettings(args.steps, args.batch_size, args.lr, args.weight_decay,
-                               args.warmup_steps, args.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+                               args.warmup_steps, args.seed, args.device)
     try:
         result = distill(args.teacher, args.student, args.photos, args.out, settings,
                          run_dir=args.run_dir)
