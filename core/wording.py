@@ -30,3 +30,11 @@ def real_data_notice(training_data: str) -> str:
     """What a card and every page say of a bundle trained on real photos (not a demo)."""
     return (f"Trained on {training_data.split(':')[0]}. Research use only; not validated on "
             "your camera or population.")
+
+
+def encoder_notice(training_data: str) -> str:
+    """What the pages say of an encoder bundle, which grades nothing: the generic "Trained on
+    ..." line read as if it were a grader."""
+    made = training_data.split(" (")[0].split(":")[0].strip() or "pretraining"
+    return (f"Encoder only, not a grader: the ViT tiers start from it ({made}; its model card "
+            "says how it was made).")

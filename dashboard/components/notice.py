@@ -11,6 +11,7 @@ from core.grading import headline_figures, near_chance
 from core.wording import (
     DEMO_NOTICE,
     RESEARCH_USE_NOTICE,
+    encoder_notice,
     real_data_notice,
 )
 
@@ -33,8 +34,9 @@ def demo_notice_ui(bundles: Iterable[Bundle]) -> bool:
         st.error(f"**DEMO MODEL** ({', '.join(demo)}). {DEMO_NOTICE}", icon=":material/warning:")
     for b in bundles:
         if not b.manifest.demo:
-            st.info(f"**{b.name}**: {real_data_notice(b.manifest.provenance.training_data)}",
-                    icon=":material/info:")
+            made = b.manifest.provenance.training_data
+            text = encoder_notice(made) if _is_encoder(b) else real_data_notice(made)
+            st.info(f"**{b.name}**: {text}", icon=":material/info:")
     weak = [f"{b.name} ({_figures(b.manifest.evaluation)})" for b in bundles
             if headline_figures(b.manifest.evaluation) != (None, None)
             and near_chance(b.manifest.evaluation)]
@@ -63,3 +65,7 @@ def licence_notice_ui(bundles: Iterable[Bundle]) -> None:
     for notice in notices:
         if notice:
             st.caption(notice)
+
+
+def _is_encoder(bundle: Bundle) -> bool:
+    return "icdr_grade" not in bundle.manifest.outputs

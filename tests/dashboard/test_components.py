@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,26 @@ def test_licence_notice_only_for_bundles_that_carry_a_licence(monkeypatch):
     assert shown == []
     notice.licence_notice_ui([vit(None), vit("CC BY-NC 4.0 (derived from RETFound weights)")])
     assert len(shown) == 1 and "CC BY-NC" in shown[0]
+
+
+def test_an_encoder_is_announced_as_an_encoder_not_as_a_grader_trained_on_photos(tmp_path):
+    """The Models page lists encoder bundles too: "Trained on MAE pretraining ..." read as if
+    they graded; they grade nothing."""
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parents[2]
+    names = ("mae-demo-encoder", "distilled-demo-encoder", "eyepacs-lite0")
+    if not all((repo / "models" / n / "manifest.json").is_file() for n in names):
+        pytest.skip("the shipped bundles are not in models/")
+    script = tmp_path / "page.py"
+    script.write_text(
+        "from core.bundle import load_bundle\n"
+        "from dashboard.components.notice import demo_notice_ui\n"
+        f"demo_notice_ui([load_bundle({str(repo / 'models')!r} + '/' + n) for n in {names!r}])\n")
+    at = AppTest.from_file(str(script), default_timeout=60).run()
+    infos = {i.value.split("**")[1]: i.value for i in at.info}
+    assert "Encoder only, not a grader" in infos["mae-demo-encoder"]
+    assert "(MAE pretraining by this project;" in infos["mae-demo-encoder"]
+    assert "(feature distillation by this project;" in infos["distilled-demo-encoder"]
+    assert "Trained on" not in infos["distilled-demo-encoder"]
+    assert infos["eyepacs-lite0"].startswith("**eyepacs-lite0**: Trained on 395 EyePACS photos")
