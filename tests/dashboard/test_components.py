@@ -115,19 +115,24 @@ def test_synthetic_samples_decode_and_degraded_one_is_rejected():
     assert not assess(decode_image(sample_bytes(DEGRADED))).gradable
 
 
-def test_near_chance_bundles_are_flagged(tmp_path, monkeypatch):
+def _notices_app(tmp_path: Path, bundle_paths: list[Path]):
+    """demo_notice_ui over these bundles, run in AppTest."""
     from streamlit.testing.v1 import AppTest
 
-    from tests.helpers import make_tiny_bundle
-
-    weak = make_tiny_bundle(tmp_path, "weak", evaluation={"kappa_quadratic": 0.04})
-    fine = make_tiny_bundle(tmp_path, "fine", evaluation={"kappa_quadratic": 0.8})
     script = tmp_path / "page.py"
     script.write_text(
         "from core.bundle import load_bundle\n"
         "from dashboard.components.notice import demo_notice_ui\n"
-        f"demo_notice_ui([load_bundle({str(weak.path)!r}), load_bundle({str(fine.path)!r})])\n")
-    at = AppTest.from_file(str(script), default_timeout=60).run()
+        f"demo_notice_ui([load_bundle(p) for p in {[str(p) for p in bundle_paths]!r}])\n")
+    return AppTest.from_file(str(script), default_timeout=60).run()
+
+
+def test_near_chance_bundles_are_flagged(tmp_path, monkeypatch):
+    from tests.helpers import make_tiny_bundle
+
+    weak = make_tiny_bundle(tmp_path, "weak", evaluation={"kappa_quadratic": 0.04})
+    fine = make_tiny_bundle(tmp_path, "fine", evaluation={"kappa_quadratic": 0.8})
+    at = _notices_app(tmp_path, [weak.path, fine.path])
     warnings = [w.value for w in at.warning]
     assert any("weak (validation kappa 0.04)" in w for w in warnings)
     assert not any("fine" in w for w in warnings)
@@ -172,18 +177,11 @@ def test_licence_notice_only_for_bundles_that_carry_a_licence(monkeypatch):
 def test_an_encoder_is_announced_as_an_encoder_not_as_a_grader_trained_on_photos(tmp_path):
     """The Models page lists encoder bundles too: "Trained on MAE pretraining ..." read as if
     they graded; they grade nothing."""
-    from streamlit.testing.v1 import AppTest
-
-    repo = Path(__file__).resolve().parents[2]
+    models = Path(__file__).resolve().parents[2] / "models"
     names = ("mae-demo-encoder", "distilled-demo-encoder", "eyepacs-lite0")
-    if not all((repo / "models" / n / "manifest.json").is_file() for n in names):
+    if not all((models / n / "manifest.json").is_file() for n in names):
         pytest.skip("the shipped bundles are not in models/")
-    script = tmp_path / "page.py"
-    script.write_text(
-        "from core.bundle import load_bundle\n"
-        "from dashboard.components.notice import demo_notice_ui\n"
-        f"demo_notice_ui([load_bundle({str(repo / 'models')!r} + '/' + n) for n in {names!r}])\n")
-    at = AppTest.from_file(str(script), default_timeout=60).run()
+    at = _notices_app(tmp_path, [models / n for n in names])
     infos = {i.value.split("**")[1]: i.value for i in at.info}
     assert "Encoder only, not a grader" in infos["mae-demo-encoder"]
     assert "(MAE pretraining by this project;" in infos["mae-demo-encoder"]
