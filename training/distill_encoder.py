@@ -2,7 +2,7 @@
 
     python -m training.distill_encoder --teacher models/demo-baseline \\
         --student models/mae-demo-encoder --photos data/synthetic-train4k/train_images \\
-        --photos ../shared/realdata/eyepacs/train --steps 320 --out models/distilled-demo-encoder
+        --photos ../shared/realdata/eyepacs/train --steps 800 --out models/distilled-demo-encoder
 
 Issue 15's fallback for when MAE pretraining on a CPU budget cannot carry the ViT tiers. The
 student, an encoder bundle in RETFound's layout (`training.import_retfound` or this command),
@@ -41,7 +41,7 @@ from training.provenance import git_commit, utc_now
 
 @dataclass(frozen=True)
 class DistillSettings:
-    steps: int = 320
+    steps: int = 800  # session 11: the loss flattens by step ~450 (320 stopped while it still fell)
     batch_size: int = 64
     lr: float = 5e-4
     weight_decay: float = 0.05

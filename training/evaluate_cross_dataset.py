@@ -15,7 +15,9 @@ there were; the gate-off metrics show what the model does on everything decodabl
 that hides failures is visible. Probabilities are temperature-calibrated and sensitivity /
 specificity use the bundle's own operating thresholds, exactly as in the dashboard. The gap is
 external minus the bundle's validation figure (manifest.evaluation): negative = worse, except
-ECE, where positive = worse.
+ECE, where positive = worse. Gate-on QWK, referable AUROC, sensitivity and specificity carry 95%
+intervals from a bootstrap over patients (`--bootstrap N` resamples, 0 for none), as in
+training.crossval, so a figure from 400 photos is not read as more exact than it is.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from tqdm import tqdm
 
 from core.bundle import Bundle, load_bundle
 from core.errors import ConfigError, DRError
-from core.grading import decide
+from core.grading import REFERABLE_MIN_GRADE, decide
 from core.predict import Predictor, PreparedImage
 from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE
 from training.config import DataConfig
+from training.crossval import BOOTSTRAP_REPS, Outcomes, bootstrap
 from training.datasets import PRESETS, LabelledImage, load_records
 from training.metrics import evaluate
 
@@ -80,6 +83,8 @@ class DatasetResult:
     gap: dict[str, dict[str, float | None]]
     validation_n: int | None = None
     predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # gate on: 95% intervals from a bootstrap over patients (training.crossval.bootstrap)
+    intervals: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -104,7 +109,7 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
 
 
 def evaluate_dataset(predictor: Predictor, spec: DatasetSpec, *, limit: int | None = None,
-                     progress: bool = False) -> DatasetResult:
+                     progress: bool = False, reps: int = BOOTSTRAP_REPS) -> DatasetResult:
     """Predict every labelled image once; metrics with and without the quality gate."""
     data = DataConfig(preset=spec.preset, csv=str(spec.csv),
                       images=str(spec.images) if spec.images else None, limit=limit)
@@ -126,7 +131,20 @@ def evaluate_dataset(predictor: Predictor, spec: DatasetSpec, *, limit: int | No
                          int((~gradable).sum()), dict(levels), dict(reasons.most_common(10)),
                          gated, _metrics(y, probs, cal), generalisation_gap(validation, gated),
                          validation.get("n") if isinstance(validation.get("n"), int) else None,
-                         rows)
+                         rows, gated_intervals([r for r in rows if r["gradable"]], reps))
+
+
+def gated_intervals(rows: list[dict[str, Any]], reps: int = BOOTSTRAP_REPS) -> dict[str, Any]:
+    """95% intervals for the served grades of the gradable photos: both eyes of a patient are
+    resampled together, as in the cross-validation table, so the two tables read alike."""
+    if not rows or reps <= 0:
+        return {}
+    outcomes = Outcomes([r["id"] for r in rows], [r["patient"] for r in rows],
+                        np.array([r["grade"] for r in rows]),
+                        np.array([r["predicted"] for r in rows]),
+                        np.array([r["predicted"] >= REFERABLE_MIN_GRADE for r in rows]),
+                        np.array([r["p_referable"] for r in rows]))
+    return bootstrap(outcomes, reps)
 
 
 def _predict_chunk(predictor: Predictor, records: list[LabelledImage],
@@ -141,7 +159,7 @@ def _predict_chunk(predictor: Predictor, records: list[LabelledImage],
         return []
     batch = torch.stack([p.pre.tensor for _, p in prepared])
     probs = predictor.probabilities(batch)  # every photo: the gate is applied afterwards
-    return [{"id": r.id, "grade": r.grade, "gradable": p.quality.gradable,
+    return [{"id": r.id, "patient": r.patient, "grade": r.grade, "gradable": p.quality.gradable,
              "quality": p.quality.level, "reasons": list(p.quality.reasons),
              "predicted": decide(pr, predictor.thresholds).grade,  # as served, flags first
              "p_referable": float(pr[2:].sum()),
@@ -181,16 +199,19 @@ def generalisation_gap(validation: dict[str, Any] | None,
 def dataset_table(result: DatasetResult) -> str:
     """Markdown: validation vs gate on vs gate off vs gap, plus counts."""
     lines = [f"### {result.spec.name} (preset {result.spec.preset}, {result.spec.csv})", "",
-             "| metric | bundle validation | gate on | gate off | gap (gate on - validation) |",
-             "|---|---|---|---|---|"]
+             "| metric | bundle validation | gate on | gate on, 95% interval | gate off | "
+             "gap (gate on - validation) |",
+             "|---|---|---|---|---|---|"]
     for label, path in METRICS:
         g = result.gap[label]
         lines.append(f"| {label} | {_f(g['validation'])} | {_f(g['external'])} | "
+                     f"{_interval(result.intervals, label)} | "
                      f"{_f(metric_value(result.ungated, path))} | {_f(g['delta'], signed=True)} |")
     n_gated = result.gated["n"] if result.gated else 0
     n_all = result.ungated["n"] if result.ungated else 0
-    lines += [f"| n | {result.validation_n or 'n/a'} | {n_gated} | {n_all} | |",
-              f"| ungradable (excluded when gate on) | | {result.ungradable} | included | |", ""]
+    lines += [f"| n | {result.validation_n or 'n/a'} | {n_gated} | "
+              f"{result.intervals.get('n_patients', 'n/a')} patients | {n_all} | |",
+              f"| ungradable (excluded when gate on) | | {result.ungradable} | | included | |", ""]
     extra = [f"{result.used} of {result.rows} CSV rows used"]
     if result.dropped:
         extra.append("dropped: " + ", ".join(f"{k} {v}" for k, v in result.dropped.items()))
@@ -256,11 +277,22 @@ def write_outputs(out_dir: Path, bundle: Bundle, results: list[DatasetResult]) -
 
 
 def run_cross_dataset(checkpoint: str | Path, specs: list[DatasetSpec], *, device: str = "auto",
-                      tta: bool = False, limit: int | None = None,
-                      progress: bool = False) -> tuple[Bundle, list[DatasetResult]]:
+                      tta: bool = False, limit: int | None = None, progress: bool = False,
+                      reps: int = BOOTSTRAP_REPS) -> tuple[Bundle, list[DatasetResult]]:
     bundle = load_bundle(checkpoint)
     predictor = Predictor(bundle, device, tta=tta)
-    return bundle, [evaluate_dataset(predictor, s, limit=limit, progress=progress) for s in specs]
+    return bundle, [evaluate_dataset(predictor, s, limit=limit, progress=progress, reps=reps)
+                    for s in specs]
+
+
+# METRICS labels with an interval -> training.crossval.point_metrics keys
+INTERVAL_KEYS = {"QWK": "kappa_quadratic", "referable AUROC": "referable_auroc",
+                 "referable sensitivity": "sensitivity", "referable specificity": "specificity"}
+
+
+def _interval(intervals: dict[str, Any], label: str) -> str:
+    ci = (intervals.get(INTERVAL_KEYS.get(label, "")) or {}).get("ci95")
+    return f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else ""
 
 
 def _f(value: float | None, signed: bool = False) -> str:
@@ -284,13 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time averaging")
     parser.add_argument("--limit", type=int, default=None, help="first N rows per dataset")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_REPS,
+                        help="resamples for the 95%% intervals (0: none)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         specs = [parse_dataset_spec(s) for s in args.datasets]
         bundle, results = run_cross_dataset(args.checkpoint, specs, device=args.device,
                                             tta=args.tta, limit=args.limit,
-                                            progress=not args.no_progress)
+                                            progress=not args.no_progress,
+                                            reps=args.bootstrap)
     except DRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

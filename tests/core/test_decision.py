@@ -106,6 +106,16 @@ def test_the_reported_contradictions_cannot_happen():
     assert d.vision_threatening and d.grade >= 3 and "immediately" in d.guidance().action
 
 
+def test_a_small_threshold_is_quoted_with_a_third_decimal():
+    # demo-lora 0.2.0 on 687_right read "p(vision-threatening) 0.00 is within 0.05 of its
+    # threshold 0.05": true of 0.002 and 0.046, but it reads as a contradiction
+    d = decide([0.97, 0.018, 0.01, 0.001, 0.001], Thresholds(0.19, 0.046))
+    vt_reason = next(r for r in d.review_reasons if r.startswith("p(vision-threatening)"))
+    assert vt_reason == "p(vision-threatening) 0.002 is within 0.05 of its threshold 0.046"
+    d = decide([0.3, 0.1, 0.2, 0.2, 0.2], Thresholds(0.62, 0.5))
+    assert "p(referable) 0.60 is within 0.05 of its threshold 0.62" in d.review_reasons
+
+
 def test_severe_npdr_or_pdr_by_the_more_probable_when_the_bundle_says_so():
     # 687_right on eyepacs-lite0: 70% on severe NPDR, 5% on PDR, E[grade] past the 3/4 cut point
     probs = [0.1, 0.1, 0.05, 0.7, 0.05]

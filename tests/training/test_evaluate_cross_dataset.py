@@ -19,6 +19,7 @@ from tests.helpers import make_tiny_bundle
 from training.evaluate_cross_dataset import (
     DatasetSpec,
     evaluate_dataset,
+    gated_intervals,
     generalisation_gap,
     main,
     parse_dataset_spec,
@@ -86,6 +87,24 @@ def test_gate_on_and_off_metrics_and_gap(setup):
     assert qwk["delta"] == pytest.approx(result.gated["kappa_quadratic"] - qwk["validation"])
 
 
+def test_intervals_are_of_the_served_grades_resampled_by_patient(setup):
+    bundle, a, _ = setup
+    result = evaluate_dataset(Predictor(bundle, "cpu", cache=ModelCache()),
+                              DatasetSpec("a", "aptos", a / "train.csv", None), reps=200)
+    qwk = result.intervals["kappa_quadratic"]
+    assert qwk["value"] == pytest.approx(result.gated["kappa_quadratic"])
+    assert result.intervals["n_photos"] == result.gated["n"]
+    if qwk["ci95"] is not None:
+        assert qwk["ci95"][0] <= qwk["value"] <= qwk["ci95"][1]
+    # two eyes of one patient travel together: 4 photos, 2 patients
+    rows = [{"id": f"{p}_{eye}", "patient": str(p), "grade": g, "predicted": g,
+             "p_referable": float(g >= 2)} for p, g in ((1, 0), (2, 3)) for eye in ("l", "r")]
+    ci = gated_intervals(rows, reps=50)
+    assert (ci["n_photos"], ci["n_patients"]) == (4, 2)
+    assert ci["kappa_quadratic"]["value"] == pytest.approx(1.0)
+    assert gated_intervals([], reps=50) == {}
+
+
 def test_gap_is_none_without_validation_metrics():
     gap = generalisation_gap({}, VALIDATION)
     assert gap["QWK"]["delta"] is None and gap["QWK"]["external"] == VALIDATION["kappa_quadratic"]
@@ -100,6 +119,7 @@ def test_cli_prints_both_tables_and_writes_reports(setup, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "### site-a" in out and "### site-b" in out and "gap (gate on - validation)" in out
+    assert "gate on, 95% interval" in out and " patients |" in out
     report = json.loads((tmp_path / "rep" / "cross_dataset.json").read_text())
     names = [d["spec"]["name"] for d in report["datasets"]]
     assert names == ["site-a", "site-b"]
