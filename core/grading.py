@@ -247,9 +247,9 @@ def grade_band(p_ref: float, p_vt: float, thresholds: Thresholds) -> range:
     return range(0, REFERABLE_MIN_GRADE)
 
 
-def _prob(x: float) -> str:
-    """A probability as a review reason quotes it: a third decimal under 0.1, so a threshold of
-    0.046 and a probability of 0.004 do not both read as "0.05" and "0.00"."""
+def format_probability(x: float) -> str:
+    """A probability as review reasons and result cards quote it: a third decimal under 0.1, so
+    0.091 against a threshold of 0.092 does not read as "0.09 (threshold 0.09)" beside a "no"."""
     return f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
 
 
@@ -278,11 +278,12 @@ def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
         grade = min(max(decide_grade(p, thresholds.grade_cuts), band[0]), band[-1])
     reasons = []
     if abs(p_ref - thresholds.referable) < margin:
-        reasons.append(f"p(referable) {_prob(p_ref)} is within {margin:.2f} of its threshold "
-                       f"{_prob(thresholds.referable)}")
+        reasons.append(f"p(referable) {format_probability(p_ref)} is within {margin:.2f} of "
+                       f"its threshold {format_probability(thresholds.referable)}")
     if abs(p_vt - thresholds.vision_threatening) < margin:
-        reasons.append(f"p(vision-threatening) {_prob(p_vt)} is within {margin:.2f} of its "
-                       f"threshold {_prob(thresholds.vision_threatening)}")
+        reasons.append(f"p(vision-threatening) {format_probability(p_vt)} is within "
+                       f"{margin:.2f} of its threshold "
+                       f"{format_probability(thresholds.vision_threatening)}")
     if p[grade] < min_confidence:
         reasons.append(f"low confidence in the grade ({p[grade]:.2f} < {min_confidence:.2f})")
     if quality_level == "usable":

@@ -114,6 +114,11 @@ def test_a_small_threshold_is_quoted_with_a_third_decimal():
     assert vt_reason == "p(vision-threatening) 0.002 is within 0.05 of its threshold 0.046"
     d = decide([0.3, 0.1, 0.2, 0.2, 0.2], Thresholds(0.62, 0.5))
     assert "p(referable) 0.60 is within 0.05 of its threshold 0.62" in d.review_reasons
+    # the Grade card's "p = ... (threshold ...)" line uses the same format: 40_left on
+    # eyepacs-lite0 read "p = 0.09 (threshold 0.09)" under a "no"
+    from core.grading import format_probability
+    assert (format_probability(0.0914), format_probability(0.0923)) == ("0.091", "0.092")
+    assert format_probability(0.35) == "0.35"
 
 
 def test_severe_npdr_or_pdr_by_the_more_probable_when_the_bundle_says_so():
