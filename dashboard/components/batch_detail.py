@@ -17,7 +17,15 @@ import streamlit as st
 
 from core.bundle import Bundle
 from core.errors import DRError
-from core.grading import DME_NOT_ASSESSED, GRADE_NAMES, HEADLINES, NOT_FUNDUS_HEADLINE, Urgency, follow_up
+from core.grading import (
+    DME_NOT_ASSESSED,
+    GRADE_NAMES,
+    HEADLINES,
+    NOT_FUNDUS_HEADLINE,
+    Urgency,
+    follow_up,
+    format_probability,
+)
 from core.images import image_fingerprint, read_image_bytes
 from core.patients import ImageItem
 from core.quality import NOT_FUNDUS
@@ -116,7 +124,7 @@ def _p_line(label: str, p: float | None, threshold: object) -> str:
     if p is None:
         return f"{label}: -"
     t = f"{threshold:.3f}" if isinstance(threshold, (int, float)) else "not recorded"
-    return f"{label}: **{p:.2f}** (threshold {t})"
+    return f"{label}: **{format_probability(p)}** (threshold {t})"
 
 
 def result_ui(info: RunInfo, item: ImageItem, programme: str) -> None:

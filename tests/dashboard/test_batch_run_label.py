@@ -31,3 +31,6 @@ def test_probability_lines_round_the_stored_threshold():
         "P(referable DR): **0.84** (threshold 0.424)"
     assert _p_line("P", 0.5, None).endswith("(threshold not recorded)")
     assert _p_line("P", None, 0.4) == "P: -"
+    # Under 0.1 the probability keeps a third decimal, as on the Grade card: 0.0928 against a
+    # stored threshold of 0.092 must not read "0.09 (threshold 0.092)" beside a "yes".
+    assert _p_line("P", 0.0928, 0.092) == "P: **0.093** (threshold 0.092)"
