@@ -30,6 +30,7 @@ from dashboard.components.heatmap import (
 )
 from dashboard.components.notice import demo_notice_ui, licence_notice_ui, research_notice_ui
 from dashboard.components.probability_chart import probability_figure
+from dashboard.components.result_card import quality_text
 from dashboard.components.upload import photo_inputs_ui, unique_photos
 
 COLUMNS = {"p_referable": st.column_config.NumberColumn("p(referable)", format="%.3f"),
@@ -82,8 +83,13 @@ for photo in photos:
                      width="stretch", column_config=COLUMNS)
         first = next((a for a in analyses if a.ok), None)
         if first is not None:  # the un-annotated photo above the heatmaps, same size
-            st.columns([2, 3, 2])[2].image(first.prepared.pre.cropped, width="stretch",
-                                           caption="Un-annotated photo")
+            cols = st.columns([2, 3, 2])
+            cols[0].markdown("**The photo**  \ncropped to the field of view, as every model "
+                             "sees it")
+            if first.prediction is not None:
+                cols[1].markdown(f"Quality: {quality_text(first.prediction.quality)}")
+            cols[2].image(first.prepared.pre.cropped, width="stretch",
+                          caption="Un-annotated photo")
         for a in analyses:
             m = a.bundle.manifest
             cols = st.columns([2, 3, 2])

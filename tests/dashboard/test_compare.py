@@ -42,6 +42,9 @@ def test_every_grader_gets_a_row(app):
     assert table["p_referable"].between(0, 1).all()
     assert len(app.get("plotly_chart")) == 3
     assert len(app.get("image")) == 4  # the un-annotated photo + one heatmap per bundle
+    # the row of the un-annotated photo says what it is and its quality (it was blank)
+    assert "cropped to the field of view, as every model sees it" in all_text(app)
+    assert any(m.startswith("Quality: ") for m in texts(app, "markdown"))
     # the tiny bundles are demo models or have no validation metrics: none of them gets a vote
     assert set(table["counted for agreement"]) == {
         "no - demo model", "no - no validation metrics"}

@@ -367,6 +367,7 @@ def _eyepacs_layout(root: Path, n_patients: int) -> Path:
 def test_linear_probe_compares_pretrained_with_random_init(pretrained, tmp_path):
     from core.synthetic import write_aptos_dataset
     from training.mae.probe import main as probe_main
+    from training.mae.probe import pretrained_label
 
     assert import_main([str(pretrained), "--out", str(tmp_path / "enc")]) == 0
     train = write_aptos_dataset(tmp_path / "syn-train", 20, seed=1, size=128)
@@ -378,12 +379,14 @@ def test_linear_probe_compares_pretrained_with_random_init(pretrained, tmp_path)
     result = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert result["synthetic"]["n_test"] == 15 and result["real"]["n_patients"] == 10
     auroc = result["real"]["referable_auroc"]
-    assert set(auroc) == {"MAE-pretrained", "random init", "difference"}
+    mine = pretrained_label(json.loads((tmp_path / "enc" / "manifest.json").read_text())["name"])
+    assert set(auroc) == {mine, "random init", "difference"}
     diff = auroc["difference"]
-    assert diff["value"] == pytest.approx(auroc["MAE-pretrained"]["value"]
+    assert diff["value"] == pytest.approx(auroc[mine]["value"]
                                           - auroc["random init"]["value"])
     assert diff["ci95"][0] <= diff["value"] <= diff["ci95"][1]
-    kappa = result["synthetic"]["quadratic_kappa"]["MAE-pretrained"]
+    kappa = result["synthetic"]["quadratic_kappa"][mine]
     assert -1 <= kappa["ci95"][0] <= kappa["value"] <= kappa["ci95"][1] <= 1
-    assert "| real referable AUROC" in (tmp_path / "probe" / "probe.md").read_text()
+    probe_md = (tmp_path / "probe" / "probe.md").read_text()
+    assert "| real referable AUROC" in probe_md and f"| probe | {mine} | random init |" in probe_md
     assert probe_main(["--encoder", str(tmp_path / "missing")]) == 2  # a clear error, no trace

@@ -38,12 +38,18 @@ REPS = 2000
 FOLDS = 5
 
 
+def pretrained_label(name: str) -> str:
+    """Column name for the bundle's own weights: its name, since not every encoder is MAE-only."""
+    return f"pretrained ({name})"
+
+
 def encoders(bundle_path: Path) -> dict[str, nn.Module]:
-    """{"MAE-pretrained": the bundle's encoder, "random init": the same architecture, seed 0}."""
+    """{"pretrained (<name>)": the bundle's encoder, "random init": the same architecture, seed 0}."""
     bundle = load_bundle(bundle_path)
     torch.manual_seed(0)
     random = build_retfound_vit(**bundle.manifest.architecture.kwargs)
-    return {"MAE-pretrained": build_bundle_model(bundle).eval(), "random init": random.eval()}
+    return {pretrained_label(bundle.manifest.name): build_bundle_model(bundle).eval(),
+            "random init": random.eval()}
 
 
 @torch.no_grad()
