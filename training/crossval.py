@@ -21,6 +21,7 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,23 @@ def bootstrap(o: Outcomes, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[st
             for key, v in draws.items()} | {
         "n_photos": len(o.ids), "n_patients": len(patients),
         "n_referable": int((o.grade >= 2).sum()), "bootstrap_reps": reps}
+
+
+def fold_report_main(prog: str, doc: str | None, report: Callable[[Path, int], str],
+                     argv: list[str] | None) -> int:
+    """The command line of a report read from a cross-validation folder's fold files:
+    print the table and, with --out, write it (training.operating_rules, .patient_level)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cv_dir", type=Path, help="a training.crossval output folder")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_REPS)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args(argv)
+    text = report(args.cv_dir, args.bootstrap)
+    print(text)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    return 0
 
 
 # ----------------------------------------------------------------------------- folds

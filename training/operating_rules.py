@@ -15,7 +15,6 @@ row's figures slightly optimistic; the notes that use them say so.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from core.grading import Thresholds, decide, grade_band
-from training.crossval import Outcomes, bootstrap
+from training.crossval import Outcomes, bootstrap, fold_report_main
 from training.finalize import fit_operating_rule
 
 
@@ -155,18 +154,7 @@ def _cell(entry: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.operating_rules",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cv_dir", type=Path, help="a training.crossval output folder")
-    parser.add_argument("--bootstrap", type=int, default=2000)
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
-    args = parser.parse_args(argv)
-    text = report(args.cv_dir, args.bootstrap)
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-    return 0
+    return fold_report_main("python -m training.operating_rules", __doc__, report, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ bootstrap over patients (2,000 resamples); the difference to the photo's own sco
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.crossval import BOOTSTRAP_REPS
+from training.crossval import BOOTSTRAP_REPS, fold_report_main
 from training.metrics import binary_auroc
 from training.operating_rules import read_split
 
@@ -134,18 +133,7 @@ def report(cv_dir: Path, reps: int = BOOTSTRAP_REPS) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.patient_level",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cv_dir", type=Path, help="a training.crossval output folder")
-    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_REPS)
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
-    args = parser.parse_args(argv)
-    text = report(args.cv_dir, args.bootstrap)
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-    return 0
+    return fold_report_main("python -m training.patient_level", __doc__, report, argv)
 
 
 if __name__ == "__main__":
