@@ -253,6 +253,25 @@ def format_probability(x: float) -> str:
     return f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
 
 
+def format_against(p: float, threshold: float) -> tuple[str, str]:
+    """(p, threshold) as a card quotes them side by side. The threshold always has three
+    decimals, as the worklist CSV and PDF record it (0.125 never reads "0.12"); where rounding
+    would put p level with it or on its wrong side, both get more ("0.1259" under "0.1260", not
+    "0.13" beside a "no")."""
+    shown_p, shown_t = format_probability(p), f"{threshold:.3f}"
+    for digits in (3, 4, 5, 6):
+        q, t = float(shown_p), float(shown_t)
+        if (q > t, q < t) == (p > threshold, p < threshold):
+            break
+        shown_p, shown_t = f"{p:.{digits}f}", f"{threshold:.{digits}f}"
+    return shown_p, shown_t
+
+
+def _near_threshold(label: str, p: float, threshold: float, margin: float) -> str:
+    shown_p, shown_t = format_against(p, threshold)
+    return f"{label} {shown_p} is within {margin:.2f} of its threshold {shown_t}"
+
+
 def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
            quality_level: str = "good", near_chance: bool = False, demo: bool = False,
            margin: float = REVIEW_MARGIN, min_confidence: float = REVIEW_CONFIDENCE) -> Decision:
@@ -278,12 +297,10 @@ def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
         grade = min(max(decide_grade(p, thresholds.grade_cuts), band[0]), band[-1])
     reasons = []
     if abs(p_ref - thresholds.referable) < margin:
-        reasons.append(f"p(referable) {format_probability(p_ref)} is within {margin:.2f} of "
-                       f"its threshold {format_probability(thresholds.referable)}")
+        reasons.append(_near_threshold("p(referable)", p_ref, thresholds.referable, margin))
     if abs(p_vt - thresholds.vision_threatening) < margin:
-        reasons.append(f"p(vision-threatening) {format_probability(p_vt)} is within "
-                       f"{margin:.2f} of its threshold "
-                       f"{format_probability(thresholds.vision_threatening)}")
+        reasons.append(_near_threshold("p(vision-threatening)", p_vt,
+                                       thresholds.vision_threatening, margin))
     if p[grade] < min_confidence:
         reasons.append(f"low confidence in the grade ({p[grade]:.2f} < {min_confidence:.2f})")
     if quality_level == "usable":

@@ -24,6 +24,7 @@ from core.grading import (
     NOT_FUNDUS_HEADLINE,
     Urgency,
     follow_up,
+    format_against,
     format_probability,
 )
 from core.images import image_fingerprint, read_image_bytes
@@ -123,8 +124,10 @@ def _settings(info: RunInfo, row: ResultRow) -> ModelRunSettings:
 def _p_line(label: str, p: float | None, threshold: object) -> str:
     if p is None:
         return f"{label}: -"
-    t = f"{threshold:.3f}" if isinstance(threshold, (int, float)) else "not recorded"
-    return f"{label}: **{format_probability(p)}** (threshold {t})"
+    if not isinstance(threshold, (int, float)):
+        return f"{label}: **{format_probability(p)}** (threshold not recorded)"
+    shown_p, shown_t = format_against(p, threshold)
+    return f"{label}: **{shown_p}** (threshold {shown_t})"
 
 
 def result_ui(info: RunInfo, item: ImageItem, programme: str) -> None:

@@ -17,7 +17,7 @@ from core.grading import (
     NOT_FUNDUS_HEADLINE,
     VT_GRADE_BY_PROBABILITY_WORDS,
     Urgency,
-    format_probability,
+    format_against,
 )
 from core.predict import Prediction
 from core.quality import QualityReport
@@ -90,10 +90,10 @@ def decision_ui(prediction: Prediction) -> None:
     c3.metric("Gradable", "YES" if prediction.gradable else "NO",
               help="Image-quality gate (EyeQ levels good / usable / reject).")
     if prediction.gradable and s is not None:  # typed: a renamed field fails, never shows 0
-        c1.caption(f"p = {format_probability(prediction.p_referable)} "
-                   f"(threshold {format_probability(s.referable_threshold)})")
-        c2.caption(f"p = {format_probability(prediction.p_vision_threatening)} "
-                   f"(threshold {format_probability(s.vision_threatening_threshold)})")
+        c1.caption("p = {} (threshold {})".format(
+            *format_against(prediction.p_referable, s.referable_threshold)))
+        c2.caption("p = {} (threshold {})".format(
+            *format_against(prediction.p_vision_threatening, s.vision_threatening_threshold)))
     c3.caption(f"Quality: {quality_text(prediction.quality)}")
     if not prediction.gradable:
         st.markdown("No grade is given for an ungradable photo. **Re-image, or refer for a "

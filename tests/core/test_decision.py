@@ -113,12 +113,28 @@ def test_a_small_threshold_is_quoted_with_a_third_decimal():
     vt_reason = next(r for r in d.review_reasons if r.startswith("p(vision-threatening)"))
     assert vt_reason == "p(vision-threatening) 0.002 is within 0.05 of its threshold 0.046"
     d = decide([0.3, 0.1, 0.2, 0.2, 0.2], Thresholds(0.62, 0.5))
-    assert "p(referable) 0.60 is within 0.05 of its threshold 0.62" in d.review_reasons
+    assert "p(referable) 0.60 is within 0.05 of its threshold 0.620" in d.review_reasons
     # the Grade card's "p = ... (threshold ...)" line uses the same format: 40_left on
     # eyepacs-lite0 read "p = 0.09 (threshold 0.09)" under a "no"
     from core.grading import format_probability
     assert (format_probability(0.0914), format_probability(0.0923)) == ("0.091", "0.092")
     assert format_probability(0.35) == "0.35"
+
+
+def test_p_and_its_threshold_are_quoted_on_the_right_side_of_each_other():
+    from core.grading import format_against
+    # 40_left on eyepacs-lite0: vtDR threshold 0.125 read "0.12" on the card, 0.125 in the CSV
+    assert format_against(0.022, 0.125) == ("0.022", "0.125")
+    assert format_against(0.30, 0.125) == ("0.30", "0.125")
+    assert format_against(0.0914, 0.092) == ("0.091", "0.092")
+    assert format_against(0.1249, 0.125) == ("0.12", "0.125")  # already on the right side
+    # rounded to 2 or 3 decimals these would read as equal to, or past, the threshold
+    assert format_against(0.1259, 0.126) == ("0.1259", "0.1260")
+    assert format_against(0.0921, 0.092) == ("0.0921", "0.0920")
+    assert format_against(0.6196, 0.62) == ("0.6196", "0.6200")
+    assert format_against(0.125, 0.125) == ("0.125", "0.125")
+    d = decide([0.5, 0.1, 0.2, 0.1, 0.1], Thresholds(0.4004, 0.19))
+    assert "p(referable) 0.4000 is within 0.05 of its threshold 0.4004" in d.review_reasons
 
 
 def test_severe_npdr_or_pdr_by_the_more_probable_when_the_bundle_says_so():
