@@ -161,4 +161,17 @@ def main(tier: str, argv: list[str] | None = None, *,
         print(f"bundle written to {result.bundle.path}: validation QWK "
               f"{m['kappa_quadratic']:.3f}, referable sens/spec "
               f"{m['referable']['sensitivity']:.3f}/{m['referable']['specificity']:.3f}")
+        if hint := base_bundle_hint(result.bundle):
+            print(hint)
     return 0
+
+
+def base_bundle_hint(bundle: Bundle) -> str | None:
+    """A LoRA bundle loads only beside its base bundle (core.bundle.base_of); say so when the
+    run wrote it anywhere else, instead of letting the dashboard or evaluation find out."""
+    base = bundle.manifest.base_bundle
+    if not base or (bundle.path.parent / base).is_dir():
+        return None
+    return (f"note: {bundle.path} is a LoRA bundle; it loads only from a folder that also "
+            f"holds its base bundle {base!r}: copy both into models/ (or the folder "
+            f"DR_MODELS_DIR names), or link {base!r} beside it.")

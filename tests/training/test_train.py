@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from core.cache import ModelCache
 from core.predict import Predictor
 from tests.training.conftest import tiny_overrides
 from training.config import load_config
-from training.run import run
+from training.run import base_bundle_hint, run
 
 REPO = Path(__file__).resolve().parents[2]
 # Enough steps, without augmentation, for a tiny model to fit 36 images: the loss must fall.
@@ -76,6 +77,12 @@ def test_lora_tier_learns_over_a_base_bundle(tmp_path, synthetic_aptos, retfound
     assert bundle.manifest.tier == "lora" and bundle.manifest.base_bundle == base.name
     assert (bundle.path / "adapter_model.safetensors").is_file()
     Predictor(bundle, "cpu", cache=ModelCache()).predict(_first_image(synthetic_aptos))
+    # written beside its base: nothing to say; anywhere else, the run says how to load it
+    assert base_bundle_hint(bundle) is None
+    elsewhere = tmp_path / "elsewhere" / "lora"
+    shutil.copytree(bundle.path, elsewhere)
+    hint = base_bundle_hint(load_bundle(elsewhere))
+    assert hint is not None and repr(base.name) in hint and "copy both into models/" in hint
 
 
 def _cli(tier, overrides, env=None, resume=False, crash_at=None):
