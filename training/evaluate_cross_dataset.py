@@ -43,6 +43,7 @@ from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE
 from training.config import DataConfig
 from training.crossval import BOOTSTRAP_REPS, Outcomes, bootstrap
 from training.datasets import PRESETS, LabelledImage, load_records
+from training.held_out import attach_held_out
 from training.metrics import evaluate
 
 # (label, path into training.metrics.evaluate's dict)
@@ -318,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N rows per dataset")
     parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_REPS,
                         help="resamples for the 95%% intervals (0: none)")
+    parser.add_argument("--attach", action="store_true",
+                        help="also write the gate-on figures into the bundle's manifest and "
+                             "model card (the Models page shows them); the weights are untouched")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -333,6 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         for path in write_outputs(Path(args.out), bundle, results):
             print(f"wrote {path}")
+    if args.attach:
+        rows = {r.spec.name: r.intervals for r in results if r.intervals}
+        if len(rows) < len(results):
+            print("error: --attach needs intervals for every dataset (--bootstrap > 0 and "
+                  "at least one gradable photo)", file=sys.stderr)
+            return 2
+        attach_held_out(bundle.path, rows)
+        print(f"attached to {bundle.path}: {', '.join(rows)}")
     return 0
 
 

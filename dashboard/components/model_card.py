@@ -30,7 +30,7 @@ def _fmt(value: Any) -> str:
 
 # evaluation keys shown elsewhere: plots, the per-split columns and the cross-validation table
 _NOT_ROWS = ("confusion_matrix", "reliability", "selection", "test", "cross_validation",
-             "split", "split_notes")
+             "held_out", "split", "split_notes")
 SPLIT_NAMES = {"selection": "selection split (chose the epoch)",
                "calibration": "calibration split (thresholds fitted here: optimistic)",
                "test": "held-out test fold"}
@@ -144,12 +144,14 @@ CV_COLUMNS = (("referable_auroc", "referable AUROC"), ("kappa_quadratic", "quadr
               ("sensitivity", "sensitivity"), ("specificity", "specificity"))
 
 
-def cross_validation_rows(evaluation: dict[str, Any]) -> list[dict[str, str]]:
-    """training.crossval's table: value (95% interval) per model, out-of-fold photos only."""
-    results = (evaluation.get("cross_validation") or {}).get("results") or {}
+def cross_validation_rows(evaluation: dict[str, Any], key: str = "cross_validation",
+                          first: str = "model") -> list[dict[str, str]]:
+    """training.crossval's table (or, key "held_out", evaluate_cross_dataset --attach's): value
+    (95% interval) per row, photos used for neither training, epoch choice nor calibration."""
+    results = (evaluation.get(key) or {}).get("results") or {}
     rows = []
     for name, r in results.items():
-        row = {"model": name, "photos": str(r.get("n_photos", ""))}
+        row = {first: name, "photos": str(r.get("n_photos", ""))}
         for key, label in CV_COLUMNS:
             entry = r.get(key) or {}
             value, ci = entry.get("value"), entry.get("ci95")

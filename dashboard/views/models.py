@@ -66,6 +66,11 @@ def _evaluation(bundle: Bundle) -> None:
         st.markdown("**Headline: patient-disjoint cross-validation of this recipe** (photos used "
                     "for neither training, epoch choice nor calibration; 95% bootstrap interval)")
         st.table(cv, hide_index=True)
+    held_out = cross_validation_rows(ev, "held_out", "dataset")
+    if held_out:
+        st.markdown("**Held-out evaluation** (photos used for neither training, epoch choice "
+                    "nor calibration; quality gate on; 95% bootstrap interval)")
+        st.table(held_out, hide_index=True)
     st.markdown(f"**Metrics on the {split_of(ev)}**" + (" (synthetic images)"
                                                         if bundle.manifest.demo else ""))
     st.table(metrics_rows(ev), hide_index=True)

@@ -28,6 +28,10 @@ EVALUATION = {
                     "count": [20, 0]},
 }
 
+HELD_OUT = {"held_out": {"what": "photos used for nothing else", "results": {"seed 4321": {
+    "n_photos": 382, "n_patients": 382, "kappa_quadratic": {"value": 0.735, "ci95": [0.68, 0.78]},
+    "referable_auroc": {"value": 0.924, "ci95": [0.898, 0.948]}}}}}
+
 
 @pytest.fixture
 def models(tmp_path):
@@ -35,7 +39,7 @@ def models(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "history.csv").write_text("epoch,train_loss,val_kappa_quadratic\n0,1.5,0.2\n1,1.1,0.5\n")
-    make_tiny_bundle(root, "evaluated", evaluation=EVALUATION,
+    make_tiny_bundle(root, "evaluated", evaluation=EVALUATION | HELD_OUT,
                      provenance=Provenance("synthetic 200 images", run_dir=str(run)))
     make_tiny_bundle(root, "plain", demo=False)
     broken = root / "broken"
@@ -54,8 +58,13 @@ def test_models_page_shows_cards_metrics_and_problems(models, monkeypatch):
     assert [s.value for s in at.subheader][:2] == ["evaluated 0.1 - Baseline CNN",
                                                    "plain 0.1 - Baseline CNN"]
     assert len(at.get("plotly_chart")) == 3  # confusion matrix, reliability, training curves
-    metrics = at.table[1].value  # table 0: the bundle's facts
+    held_out = at.table[1].value  # table 0: the bundle's facts
+    assert list(held_out["dataset"]) == ["seed 4321"]
+    assert list(held_out["quadratic kappa"]) == ["0.735 (0.680-0.780)"]
+    assert "Held-out evaluation" in text
+    metrics = at.table[2].value
     assert "referable DR: sensitivity" in list(metrics["metric"])
+    assert not any(m.startswith("held_out") for m in metrics["metric"])
     assert any("Could not load `broken`" in e for e in texts(at, "error"))
     assert "# evaluated (version 0.1)" in text  # MODEL_CARD.md rendered
     assert "No validation metrics recorded" in text  # the plain bundle

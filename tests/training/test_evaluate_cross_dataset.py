@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from core.bundle import load_bundle
 from core.cache import ModelCache
 from core.errors import ConfigError
 from core.predict import Predictor
@@ -24,6 +26,7 @@ from training.evaluate_cross_dataset import (
     main,
     parse_dataset_spec,
 )
+from training.held_out import SECTION
 from training.metrics import evaluate
 
 VALIDATION = evaluate(np.array([0, 1, 2, 3, 4, 0, 2, 4]),
@@ -137,3 +140,32 @@ def test_cli_reports_a_bad_dataset_spec(setup, capsys):
     bundle, *_ = setup
     assert main(["--checkpoint", str(bundle.path), "--datasets", "kaggle:x.csv:y"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+
+
+def test_attach_puts_the_held_out_figures_on_the_bundle(setup, tmp_path, capsys):
+    bundle, a, b = setup
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    sha = load_bundle(copy).manifest.weights.sha256
+    (copy / "MODEL_CARD.md").write_text("# tiny\n\nintro\n\n## Metrics of the best epoch, by "
+                                        "split\n\n| metric | selection |\n\n## Data\n\nx\n")
+    args = ["--checkpoint", str(copy), "--device", "cpu", "--no-progress", "--bootstrap", "50",
+            "--out", str(tmp_path / "rep"), "--attach"]
+    assert main([*args, "--datasets", f"fresh=synthetic:{b / 'train.csv'}:"]) == 0
+    assert "attached to" in capsys.readouterr().out
+    report = json.loads((tmp_path / "rep" / "cross_dataset.json").read_text())
+    attached = load_bundle(copy).manifest.evaluation["held_out"]["results"]
+    assert attached["fresh"] == report["datasets"][0]["intervals"]  # the printed figures, as is
+    # a second dataset adds a row; the card keeps one section, before the per-split metrics
+    assert main([*args, "--datasets", f"other=aptos:{a / 'train.csv'}:{a / 'train_images'}"]) == 0
+    again = load_bundle(copy)
+    assert set(again.manifest.evaluation["held_out"]["results"]) == {"fresh", "other"}
+    assert again.manifest.weights.sha256 == sha
+    card = (copy / "MODEL_CARD.md").read_text()
+    assert card.count(SECTION) == 1 and card.count("| fresh |") == card.count("| other |") == 1
+    assert card.index("intro") < card.index(SECTION) < card.index("## Metrics of the best epoch")
+    assert card.endswith("## Data\n\nx\n")
+    kappa = attached["fresh"]["kappa_quadratic"]
+    assert f"{kappa['value']:.3f} ({kappa['ci95'][0]:.3f}-{kappa['ci95'][1]:.3f})" in card
+    assert main([*args, "--bootstrap", "0", "--datasets", f"x=synthetic:{b / 'train.csv'}:"]) == 2
+    assert "--attach needs intervals" in capsys.readouterr().err
