@@ -206,8 +206,8 @@ def _cell(entry: dict[str, Any]) -> str:
     return f"{entry['value']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{entry['value']:.3f}"
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-    lines = ["| model | photos (patients, referable) | referable AUROC | quadratic kappa | "
+def table(results: dict[str, dict[str, Any]], first: str = "model") -> str:
+    lines = [f"| {first} | photos (patients, referable) | referable AUROC | quadratic kappa | "
              "sensitivity | specificity |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['n_photos']} ({r['n_patients']}, {r['n_referable']}) | "
@@ -250,12 +250,13 @@ def attach_to_bundle(bundle_path: Path, summary: dict[str, Any], table_text: str
     bundle = load_bundle(bundle_path)
     evaluation = dict(bundle.manifest.evaluation) | {"cross_validation": summary}
     manifest = replace(bundle.manifest, evaluation=evaluation)
+    from training.held_out import with_section
+
     card = (bundle_path / "MODEL_CARD.md").read_text(encoding="utf-8")
-    head, sep, rest = card.partition("## Metrics of the best epoch")
     body = table_text.split("\n", 1)[1].lstrip()  # the report's own "# ..." title line goes
     cv = ("## Headline: 5-fold cross-validation of this recipe on photos used for neither "
           "training, epoch choice nor calibration\n\n" + body + "\n")
-    finalize_bundle(bundle_path, manifest, head + cv + sep + rest)
+    finalize_bundle(bundle_path, manifest, with_section(card, cv))
 
 
 def main(argv: list[str] | None = None) -> int:

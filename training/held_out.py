@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from core.bundle import MODEL_CARD_FILE, finalize_bundle, load_bundle
+from training.crossval import table
 
 SECTION = "## Held-out evaluation"
 WHAT = ("photos used for neither training, epoch choice nor calibration; quality gate on; "
         "grades as served; 95% bootstrap intervals, both eyes of a patient resampled together")
-_CARD_COLUMNS = (("referable_auroc", "referable AUROC"), ("kappa_quadratic", "quadratic kappa"),
-                 ("sensitivity", "sensitivity"), ("specificity", "specificity"))
 
 
 def attach_held_out(bundle_path: Path, results: dict[str, dict[str, Any]]) -> None:
@@ -38,27 +37,15 @@ def attach_held_out(bundle_path: Path, results: dict[str, dict[str, Any]]) -> No
 
 
 def card_section(rows: dict[str, dict[str, Any]]) -> str:
-    header = "| dataset | photos (patients, referable) | " + " | ".join(
-        label for _, label in _CARD_COLUMNS) + " |"
-    lines = [SECTION, "", f"On {WHAT}.", "", header, "|---" * (len(_CARD_COLUMNS) + 2) + "|"]
-    for name, r in rows.items():
-        cells = [_cell(r.get(key) or {}) for key, _ in _CARD_COLUMNS]
-        lines.append(f"| {name} | {r.get('n_photos', '')} ({r.get('n_patients', '')}, "
-                     f"{r.get('n_referable', '')}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n"
-
-
-def _cell(entry: dict[str, Any]) -> str:
-    value, ci = entry.get("value"), entry.get("ci95")
-    if value is None:
-        return "n/a"
-    return f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})" if ci else f"{value:.3f}"
+    return f"{SECTION}\n\nOn {WHAT}.\n\n{table(rows, first='dataset')}\n"
 
 
 def with_section(card: str, section: str) -> str:
-    """The card with `section` replacing an earlier one, else before the per-split metrics."""
-    if SECTION in card:
-        return re.sub(re.escape(SECTION) + r".*?(?=\n## |\Z)", section.rstrip("\n") + "\n",
+    """The card with `section` (its first line its heading) replacing an earlier section of
+    that heading, else placed before the per-split metrics, else at the end."""
+    heading = section.split("\n", 1)[0]
+    if heading in card:
+        return re.sub(re.escape(heading) + r".*?(?=\n## |\Z)", section.rstrip("\n") + "\n",
                       card, count=1, flags=re.S)
     head, sep, rest = card.partition("## Metrics of the best epoch")
     return head + section + sep + rest if sep else card.rstrip("\n") + "\n\n" + section

@@ -144,11 +144,12 @@ CV_COLUMNS = (("referable_auroc", "referable AUROC"), ("kappa_quadratic", "quadr
               ("sensitivity", "sensitivity"), ("specificity", "specificity"))
 
 
-def cross_validation_rows(evaluation: dict[str, Any], key: str = "cross_validation",
+def cross_validation_rows(evaluation: dict[str, Any], section: str = "cross_validation",
                           first: str = "model") -> list[dict[str, str]]:
-    """training.crossval's table (or, key "held_out", evaluate_cross_dataset --attach's): value
-    (95% interval) per row, photos used for neither training, epoch choice nor calibration."""
-    results = (evaluation.get(key) or {}).get("results") or {}
+    """training.crossval's table (or, section "held_out", evaluate_cross_dataset --attach's):
+    value (95% interval) per row, photos used for neither training, epoch choice nor
+    calibration."""
+    results = (evaluation.get(section) or {}).get("results") or {}
     rows = []
     for name, r in results.items():
         row = {first: name, "photos": str(r.get("n_photos", ""))}
