@@ -200,10 +200,6 @@ def read_retfound_checkpoint(path: str | Path) -> dict[str, Tensor]:
     bare state dict; drops ``decoder_*`` and ``mask_token``; strips one uniform ``module.``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"RETFound checkpoint {path} does not exist; give the path of the .pth file."
-        )
     raw = _load_file(path)
     state = _select_encoder(raw, path)
     return _normalise_keys(state)
@@ -220,6 +216,10 @@ def checkpoint_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def _load_file(path: Path) -> Any:
+    if not path.is_file():  # before torch.load, whose error reads like a broken download
+        raise CheckpointError(
+            f"RETFound checkpoint {path} does not exist; give the path of the .pth file."
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -40,3 +40,11 @@ def test_import_refuses_a_code_executing_pickle(tmp_path, capsys):
     assert main([str(path), "--out", str(tmp_path / "out")]) == 2
     assert not marker.exists()
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_missing_file_is_called_missing_not_a_broken_download(tmp_path, capsys):
+    # the README's command, run before the weights are downloaded, said "the download may be
+    # truncated: download it again" about a file that was not there at all
+    assert main([str(tmp_path / "RETFound_cfp_weights.pth"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "truncated" not in err
