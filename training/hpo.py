@@ -191,6 +191,8 @@ def run_study(config: str | Path | None, overrides: Sequence[str] = (), *, trial
     import optuna
 
     base = load_config(config, list(overrides))
+    ensure_synthetic_data(base)
+    load_records(base.data)  # a missing dataset is one clear error, not a failed trial's trace
     tier = base.model.tier
     names = tier_params(tier, search)
     study_name = study_name or f"hpo-{base.run_name}"

@@ -119,3 +119,14 @@ def test_lora_study_searches_adapter_settings(tmp_path, synthetic_aptos):
     bundle = load_bundle(result.best_bundle)
     assert bundle.manifest.tier == "lora" and bundle.manifest.base_bundle == "base"
     Predictor(bundle, "cpu", cache=ModelCache()).predict(_image(synthetic_aptos))
+
+
+def test_a_missing_dataset_is_one_clear_error_before_any_trial(tmp_path, capsys):
+    # the README's hpo command on a machine without data/aptos2019 printed a failed trial's
+    # traceback (optuna's log) before the one-line error
+    runs = tmp_path / "runs"
+    assert main(["--config", str(CONFIGS / "lora.yaml"), "--trials", "1",
+                 "--set", f"data.csv={tmp_path / 'none.csv'}", "--set", f"out_dir={runs}"]) == 2
+    err = capsys.readouterr().err
+    assert "Labels file not found" in err and "Traceback" not in err and "Trial 0" not in err
+    assert not runs.exists()  # no study folder for a study that cannot run
