@@ -33,6 +33,8 @@ class CalibrationSpec:
     grade_thresholds: tuple[float, ...] | None = None  # ordinal: 4 cut points on E[grade]
     # ordinal: severe NPDR vs PDR by the more probable of the two (training.operating_rules)
     vt_grade_by_probability: bool = False
+    # fitted on logits averaged over the photo and its mirror image, so served that way too
+    flip_tta: bool = False
 
     def thresholds(self) -> Thresholds:
         """The operating rule core.grading.decide serves with."""

@@ -94,14 +94,15 @@ class Predictor:
     """Owns one cached model on one device; safe to share between threads."""
 
     def __init__(self, bundle: Bundle, device: str = "auto", *, cache: ModelCache | None = None,
-                 tta: bool = False, max_batch: int = 16, cpu_int8: bool | None = None) -> None:
+                 tta: bool | None = None, max_batch: int = 16, cpu_int8: bool | None = None) -> None:
         if "icdr_grade" not in bundle.manifest.outputs:
             raise BundleError(f"Bundle {bundle.name!r} outputs {list(bundle.manifest.outputs)}, "
                               "not ICDR grades: it is an encoder for training, not a grader.")
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.tier = tier_of(bundle)
-        self.tta = tta
+        # None: as the bundle was calibrated (a calibration fitted under flip TTA is served so)
+        self.tta = self.manifest.calibration.flip_tta if tta is None else tta
         self.max_batch = max(1, max_batch)
         self.cache = cache or default_cache()
         first = self.cache.get(bundle, device)  # load now: a broken bundle fails here

@@ -124,6 +124,9 @@ class TrainConfig:
     device: str = "auto"
     tensorboard: bool = True
     wandb: bool = False
+    # score the best epoch (calibration, thresholds, cut points, card figures) on the photo and
+    # its mirror image averaged; the bundle records it and is served the same way
+    flip_tta: bool = False
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

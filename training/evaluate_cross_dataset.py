@@ -278,7 +278,7 @@ def write_outputs(out_dir: Path, bundle: Bundle, results: list[DatasetResult]) -
 
 
 def run_cross_dataset(checkpoint: str | Path, specs: list[DatasetSpec], *, device: str = "auto",
-                      tta: bool = False, limit: int | None = None, progress: bool = False,
+                      tta: bool | None = None, limit: int | None = None, progress: bool = False,
                       reps: int = BOOTSTRAP_REPS) -> tuple[Bundle, list[DatasetResult]]:
     bundle = load_bundle(checkpoint)
     predictor = Predictor(bundle, device, tta=tta)
@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                              + ", ".join(sorted(PRESETS)))
     parser.add_argument("--out", default=None, help="folder for JSON, markdown and predictions")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time averaging")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="horizontal-flip test-time averaging on (--tta) or off (--no-tta); "
+                             "default: as the bundle was calibrated (calibration.flip_tta)")
     parser.add_argument("--limit", type=int, default=None, help="first N rows per dataset")
     parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_REPS,
                         help="resamples for the 95%% intervals (0: none)")

@@ -51,7 +51,8 @@ def calibrate_and_evaluate(cfg: TrainConfig, logits: np.ndarray,
     calibration = CalibrationSpec(temperature=float(temperature),
                                   referable_threshold=float(ref_t),
                                   vision_threatening_threshold=float(vt_t),
-                                  grade_thresholds=grade_t, vt_grade_by_probability=vt_by_p)
+                                  grade_thresholds=grade_t, vt_grade_by_probability=vt_by_p,
+                                  flip_tta=cfg.flip_tta)
     return calibration, metrics
 
 
@@ -155,7 +156,9 @@ def model_card(manifest: Manifest, metrics: dict, data_summary: dict, *,
         f"- Training data: {manifest.provenance.training_data}",
         f"- Input {manifest.preprocessing.input_size} px, field crop "
         f"{'on' if manifest.preprocessing.crop_to_field else 'off'}, Ben Graham "
-        f"{'on' if manifest.preprocessing.ben_graham else 'off'}",
+        f"{'on' if manifest.preprocessing.ben_graham else 'off'}"
+        + ("; served with flip test-time averaging (the photo and its mirror image; every "
+           "figure below was measured so)" if manifest.calibration.flip_tta else ""),
         f"- Created {manifest.created}, commit `{manifest.git_commit}`", "",
         *metrics_table(metrics), "",
         VT_GRADE_CARD_LINE if manifest.calibration.vt_grade_by_probability else "",

@@ -231,14 +231,20 @@ class Trainer:
         self.state.step += 1
 
     @torch.no_grad()
-    def predict_logits(self, loader: DataLoader) -> np.ndarray:
+    def predict_logits(self, loader: DataLoader, flip_tta: bool = False) -> np.ndarray:
+        """Logits in loader order; flip_tta averages them with the mirror image's, as
+        core.predict.Predictor does for a bundle calibrated that way."""
         model = self.setup.model
         model.eval()
         out = []
         for x, _ in loader:
+            x = self._to_device(x)
             with torch.autocast(self.device.type, dtype=self.amp_dtype,
                                 enabled=self.amp_dtype is not None):
-                out.append(model(self._to_device(x)).float().cpu())
+                logits = model(x).float()
+                if flip_tta:
+                    logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+            out.append(logits.cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, 5), np.float32)
 
     # -- helpers ------------------------------------------------------------------------------

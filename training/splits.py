@@ -89,17 +89,19 @@ def _loader(cfg: TrainConfig, cache_folder: Path, records: list[LabelledImage],
 
 def score_splits(trainer, loaders, splits: Splits, cache_folder: Path,
                  rows: dict[str, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(grades, logits) of the best epoch on every evaluation split."""
-    scored = {"selection": (loaders.val_grades, trainer.predict_logits(loaders.val))}
+    """(grades, logits) of the best epoch on every evaluation split (flip-averaged when the
+    config says the bundle is served so)."""
+    flip = trainer.cfg.flip_tta
+    scored = {"selection": (loaders.val_grades, trainer.predict_logits(loaders.val, flip))}
     scored["calibration"] = scored["selection"]
     if splits.separate_calibration:
         loader = _loader(trainer.cfg, cache_folder, splits.calibration, rows)
         scored["calibration"] = (np.asarray([r.grade for r in splits.calibration]),
-                                 trainer.predict_logits(loader))
+                                 trainer.predict_logits(loader, flip))
     if splits.test:
         loader = _loader(trainer.cfg, cache_folder, splits.test, rows)
         scored["test"] = (np.asarray([r.grade for r in splits.test]),
-                          trainer.predict_logits(loader))
+                          trainer.predict_logits(loader, flip))
     return scored
 
 

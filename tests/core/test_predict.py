@@ -80,6 +80,20 @@ def test_tta_runs_and_stays_a_distribution(bundle):
     assert result.settings.tta is True
 
 
+def test_bundle_calibrated_under_flip_tta_is_served_so(tmp_path):
+    import torch
+
+    flipped = make_tiny_bundle(tmp_path, "flip", calibration=CalibrationSpec(flip_tta=True))
+    plain = make_tiny_bundle(tmp_path, "plain")
+    assert _predictor(flipped).tta is True and _predictor(plain).tta is False
+    assert _predictor(flipped, tta=False).tta is False  # an explicit choice still wins
+    x = torch.randn(2, 3, 64, 64)
+    off = _predictor(flipped, tta=False)
+    mirrored = (off.logits(x) + off.logits(torch.flip(x, dims=[3]))) / 2
+    torch.testing.assert_close(_predictor(flipped).logits(x), mirrored, rtol=0, atol=1e-5)
+    assert not torch.allclose(off.logits(x), mirrored, atol=1e-5)  # the mirror changes logits
+
+
 def test_prediction_is_frozen(bundle):
     result = _predictor(bundle).predict(fundus_like(5))
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -156,6 +156,22 @@ def test_ordinal_run_ships_its_cut_points_and_serves_with_them(tmp_path, synthet
         assert p.grade == min(max(decide_grade(p.probs, cuts), band[0]), band[-1])
 
 
+def test_flip_tta_run_calibrates_on_mirrored_logits_and_says_so(tmp_path, synthetic_aptos):
+    """Same seed, same weights; only the scoring of the best epoch differs, and the bundle records
+    it so the Predictor serves the way the temperature and thresholds were fitted."""
+    two = ("optim.epochs=2", "optim.freeze_epochs=0")
+    plain = run(_cfg(tmp_path / "a", synthetic_aptos, "baseline", *two), progress=False)
+    flip = run(_cfg(tmp_path / "b", synthetic_aptos, "baseline", *two, "flip_tta=true"),
+               progress=False)
+    a, b = load_bundle(plain.bundle.path).manifest, load_bundle(flip.bundle.path).manifest
+    assert a.weights.sha256 == b.weights.sha256
+    assert (a.calibration.flip_tta, b.calibration.flip_tta) == (False, True)
+    assert a.calibration.temperature != b.calibration.temperature
+    assert "flip test-time averaging" in (flip.bundle.path / "MODEL_CARD.md").read_text()
+    assert "flip test-time averaging" not in (plain.bundle.path / "MODEL_CARD.md").read_text()
+    assert Predictor(load_bundle(flip.bundle.path), "cpu", cache=ModelCache()).tta is True
+
+
 def test_early_stop_names_the_epoch_as_the_log_numbers_it(tmp_path, synthetic_aptos, capsys,
                                                           monkeypatch):
     """No epoch beats the first (the score is held constant): patience 1 stops after epoch 2,
