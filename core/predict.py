@@ -90,6 +90,12 @@ def prepare_image(rgb: np.ndarray, spec: PreprocessSpec,
     return PreparedImage(rgb, pre, quality)
 
 
+def flip_averaged_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of the batch and of its mirror image (left-right), averaged: flip TTA, the
+    one definition training calibrates with and serving applies."""
+    return (model(x).float() + model(torch.flip(x, dims=[3])).float()) / 2
+
+
 class Predictor:
     """Owns one cached model on one device; safe to share between threads."""
 
@@ -167,9 +173,7 @@ class Predictor:
         if self.device.type == "cuda" and self.tier.channels_last(self.manifest.explanation.arch):
             x = x.contiguous(memory_format=torch.channels_last)
         with self.grader.use() as model, torch.inference_mode(), autocast_for(self.device):
-            out = model(x).float()
-            if self.tta:
-                out = (out + model(torch.flip(x, dims=[3])).float()) / 2
+            out = flip_averaged_logits(model, x) if self.tta else model(x).float()
         return out.cpu()
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:

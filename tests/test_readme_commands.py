@@ -18,8 +18,8 @@ Appended settings, where the exact text would train for minutes to hours:
   (a 2-block 64-d encoder), whose checkpoint the README's next commands then read;
 - `training.crossval` (5 folds, about 30 minutes on 2 cores by the README's own account) is
   skipped with that reason; tests/training/test_crossval.py runs it on tiny data. So are
-  `training.operating_rules` and `training.patient_level`, which read those folds
-  (tests/training/test_operating_rules.py, test_patient_level.py).
+  `training.operating_rules`, `training.patient_level` and `training.paired_cv`, which read
+  those folds (tests/training/test_operating_rules.py, test_patient_level.py, test_paired_cv.py).
 Not run: `pip install -r requirements.txt` (.ci/run runs exactly it before this suite; a test
 must not reinstall the environment under test; checked below that .ci/run does) and
 `python -m pytest` (it is this suite).
@@ -175,7 +175,7 @@ def _plan(cmd: str) -> tuple[str, str]:
         return text, "the test suite itself: .ci/run runs exactly this command"
     if module == "training.crossval":
         return text, "5-fold cross-validation: about 30 minutes on 2 cores (README)"
-    if module in ("training.operating_rules", "training.patient_level"):
+    if module in ("training.operating_rules", "training.patient_level", "training.paired_cv"):
         return text, ("reads the folds of the cross-validation above (skipped here); "
                       f"tests/training/test_{module.split('.')[1]}.py runs this command on "
                       "tiny folds")

@@ -11,7 +11,7 @@ weighted kappa, sensitivity and specificity, each with a 95% interval from a boo
 patients (both eyes of a patient are resampled together). `--compare` evaluates existing
 bundles on the same photos; `--final` then trains the recipe on all photos and writes the
 cross-validation table into that bundle's manifest and model card, the headline a user sees.
-A finished fold (its test_predictions.csv beside an identical config.yaml) is not re-run.
+A finished fold (its test_predictions.csv beside the same config.yaml, `version` aside) is not re-run.
 """
 
 from __future__ import annotations
@@ -127,12 +127,21 @@ def fold_config(cfg: TrainConfig, out: Path, k: int) -> TrainConfig:
                    bundle_dir=str(out / f"fold{k}" / "bundle"))
 
 
+# labels of the bundle, not of what a fold trains or predicts: a new version reuses the folds
+FOLD_NEUTRAL_KEYS = ("version",)
+
+
 def fold_done(cfg: TrainConfig) -> bool:
     run_dir = Path(cfg.out_dir) / cfg.run_name
     saved = run_dir / "config.yaml"
     if not (run_dir / "test_predictions.csv").is_file() or not saved.is_file():
         return False
-    return yaml.safe_load(saved.read_text(encoding="utf-8")) == cfg.to_dict()
+    return _fold_relevant(yaml.safe_load(saved.read_text(encoding="utf-8"))) == _fold_relevant(
+        cfg.to_dict())
+
+
+def _fold_relevant(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in FOLD_NEUTRAL_KEYS}
 
 
 def run_folds(cfg: TrainConfig, out: Path, *, progress: bool) -> list[dict[str, Any]]:

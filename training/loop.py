@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from core.devices import resolve_device
 from core.errors import ConfigError
+from core.predict import flip_averaged_logits
 from training.config import TrainConfig
 from training.data import CachedFundusDataset, EpochSampler, EpochTagged, class_weights
 from training.distill import Teacher, distill_loss, load_teacher
@@ -241,9 +242,7 @@ class Trainer:
             x = self._to_device(x)
             with torch.autocast(self.device.type, dtype=self.amp_dtype,
                                 enabled=self.amp_dtype is not None):
-                logits = model(x).float()
-                if flip_tta:
-                    logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+                logits = flip_averaged_logits(model, x) if flip_tta else model(x).float()
             out.append(logits.cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, 5), np.float32)
 

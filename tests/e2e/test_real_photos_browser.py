@@ -48,6 +48,8 @@ def test_default_bundle_on_real_photos(tmp_path):
         pytest.skip(f"models/{DEFAULT} is not installed")
     sync_api = pytest.importorskip("playwright.sync_api")
     grades = _grades()
+    version = next(b for b in discover_bundles(REPO / "models").bundles
+                   if b.name == DEFAULT).manifest.version
     with streamlit_server(tmp_path, DR_MODELS_DIR=str(REPO / "models")) as port, \
             sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -57,7 +59,7 @@ def test_default_bundle_on_real_photos(tmp_path):
             open_grade_page_ready(page)
             body = page.locator("body")
             selected = page.locator('[data-testid="stSelectbox"]').first.inner_html()
-            assert f"{DEFAULT} 1.1.0 (Baseline CNN)" in selected  # the default bundle
+            assert f"{DEFAULT} {version} (Baseline CNN)" in selected  # the default bundle
             assert "Trained on 395 EyePACS photos" in body.inner_text()
             assert "DEMO MODEL" not in body.inner_text()
             page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(

@@ -152,6 +152,9 @@ def test_crossval_command_runs_folds_and_reuses_finished_ones(tmp_path, syntheti
     assert "referable AUROC" in (out / "cv_table.md").read_text()
     monkeypatch.setattr("training.run.run", lambda *a, **k: pytest.fail("fold re-run"))
     assert crossval.main(argv) == 0  # both folds reused
+    assert crossval.main(argv + ["--set", "version=9.9.9"]) == 0  # a new label trains nothing
+    with pytest.raises(pytest.fail.Exception, match="fold re-run"):  # a new recipe does
+        crossval.main(argv + ["--set", "optim.lr=0.123"])
 
 
 def test_separate_calibration_split_is_what_calibration_sees(tmp_path, synthetic_aptos):
