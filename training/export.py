@@ -159,7 +159,7 @@ def write_sidecar(bundle: Bundle, onnx_path: Path, check: ParityCheck, opset: in
                  "input": {"name": INPUT_NAME, "shape": [batch, 3, size, size],
                            "dtype": "float32", "layout": "NCHW, RGB, normalised"},
                  "output": {"name": OUTPUT_NAME, "shape": [batch, len(m.classes)],
-                            "meaning": "raw logits; probs = softmax(logits / temperature)"}},
+                            "meaning": _logits_meaning(m.calibration)}},
         "classes": list(m.classes),
         "preprocessing": dataclasses.asdict(m.preprocessing),
         "preprocessing_note": "Apply core.preprocessing.preprocess (field crop, resize, "
@@ -174,6 +174,16 @@ def write_sidecar(bundle: Bundle, onnx_path: Path, check: ParityCheck, opset: in
     path = onnx_path.with_name(onnx_path.name + ".json")
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def _logits_meaning(cal) -> str:
+    """How calibrated probabilities come from the graph's output, as core.predict computes them."""
+    meaning = "raw logits; probs = softmax(logits / temperature)"
+    if cal.flip_tta:
+        meaning += (", where logits = (graph(x) + graph(x mirrored left-right, i.e. flipped on "
+                    "the width axis)) / 2: calibration.flip_tta, the temperature and thresholds "
+                    "were fitted that way")
+    return meaning
 
 
 def _grade_rule(cal) -> str:

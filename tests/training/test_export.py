@@ -38,7 +38,8 @@ def test_cnn_bundle_exports_with_dynamic_batch_and_sidecar(tmp_path):
     assert side["calibration"] == {"temperature": 1.7, "referable_threshold": 0.31,
                                    "vision_threatening_threshold": 0.22,
                                    "grade_thresholds": None,  # ordinal bundles: 4 cut points
-                                   "vt_grade_by_probability": False}
+                                   "vt_grade_by_probability": False, "flip_tta": False}
+    assert side["onnx"]["output"]["meaning"] == "raw logits; probs = softmax(logits / temperature)"
     assert "grade = the most probable grade inside the band the flags allow" in side[
         "decision_rule"]
     assert side["preprocessing"]["input_size"] == 64
@@ -53,6 +54,22 @@ def test_vit_bundle_exports_with_fixed_batch(tmp_path):
     assert result.check.ok and result.check.batch == 1
     session = ort.InferenceSession(str(result.onnx_path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 64, 64]
+
+
+def test_sidecar_of_a_flip_tta_bundle_says_how_to_reproduce_its_logits(tmp_path):
+    from core.cache import ModelCache
+    from core.predict import Predictor
+
+    bundle = make_tiny_bundle(tmp_path, "cnn", calibration=CalibrationSpec(flip_tta=True))
+    result = export_onnx(bundle, tmp_path / "out" / "flip.onnx", dynamic_batch=True)
+    side = json.loads(result.sidecar_path.read_text())
+    assert side["calibration"]["flip_tta"] is True
+    assert "mirrored left-right" in side["onnx"]["output"]["meaning"]
+    x = torch.randn(2, 3, 64, 64)  # what the sidecar says, done with ONNX Runtime ...
+    averaged = (_ort_logits(result.onnx_path, x) + _ort_logits(result.onnx_path,
+                                                                torch.flip(x, dims=[3]))) / 2
+    served = Predictor(bundle, "cpu", cache=ModelCache()).logits(x).numpy()  # ... is served
+    np.testing.assert_allclose(averaged, served, atol=1e-4)
 
 
 def test_lora_bundle_is_merged_and_legacy_opset_is_honoured(tmp_path):
