@@ -21,7 +21,7 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,17 +79,24 @@ def point_metrics(o: Outcomes, idx: np.ndarray | None = None) -> dict[str, float
     }
 
 
+def patient_resamples(photo_patients: list[str], reps: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """Photo indices of `reps` bootstrap draws of patients with replacement (a patient's photos
+    travel together); the same seed gives the same draws to every caller."""
+    patients = sorted(set(photo_patients))
+    rows_of: dict[str, list[int]] = {p: [] for p in patients}
+    for i, p in enumerate(photo_patients):
+        rows_of[p].append(i)
+    rng = np.random.default_rng(seed)
+    for _ in range(reps):
+        chosen = rng.integers(0, len(patients), len(patients))
+        yield np.fromiter((i for c in chosen for i in rows_of[patients[c]]), dtype=np.int64)
+
+
 def bootstrap(o: Outcomes, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[str, Any]:
     """Point estimates and percentile 95% intervals, resampling patients with replacement."""
     patients = sorted(set(o.patients))
-    rows_of = {p: [] for p in patients}
-    for i, p in enumerate(o.patients):
-        rows_of[p].append(i)
-    rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in point_metrics(o)}
-    for _ in range(reps):
-        chosen = rng.integers(0, len(patients), len(patients))
-        idx = np.fromiter((i for c in chosen for i in rows_of[patients[c]]), dtype=np.int64)
+    for idx in patient_resamples(o.patients, reps, seed):
         for key, value in point_metrics(o, idx).items():
             if value is not None:
                 draws[key].append(value)

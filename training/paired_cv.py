@@ -23,6 +23,7 @@ from training.crossval import (
     BOOTSTRAP_REPS,
     Outcomes,
     outcomes_from_rows,
+    patient_resamples,
     point_metrics,
     read_oof,
 )
@@ -56,15 +57,8 @@ def paired(a: Outcomes, b: Outcomes, reps: int = BOOTSTRAP_REPS,
     """Per metric: a, b and a - b, each with a percentile 95% interval; the same patients are
     drawn for both, so the difference's interval is paired."""
     order = aligned(a, b)
-    patients = sorted(set(a.patients))
-    rows_of: dict[str, list[int]] = {p: [] for p in patients}
-    for i, p in enumerate(a.patients):
-        rows_of[p].append(i)
-    rng = np.random.default_rng(seed)
     draws: dict[str, dict[str, list[float]]] = {k: {"a": [], "b": [], "diff": []} for k in LABELS}
-    for _ in range(reps):
-        chosen = rng.integers(0, len(patients), len(patients))
-        idx = np.fromiter((i for c in chosen for i in rows_of[patients[c]]), dtype=np.int64)
+    for idx in patient_resamples(a.patients, reps, seed):
         _draw(draws, point_metrics(a, idx), point_metrics(b, order[idx]))
     pa, pb = point_metrics(a), point_metrics(b, order)
     point = {k: {"a": pa[k], "b": pb[k], "diff": _diff(pa[k], pb[k])} for k in LABELS}
