@@ -1,6 +1,7 @@
 """One photo, end to end on this machine: decode + quality + preprocess + grade, per tier.
 
     python -m benchmarks.single_photo [--repeats 7] [--archs resnet50 resnet18 vit_large]
+        [--bundles models/eyepacs-lite0 models/demo-retfound models/demo-lora]
 
 Bundles with random weights are built in a temp folder (sizes are what matter for speed): the
 baseline CNNs at 224 px, RETFound ViT-L/16 at 224 px, and three LoRA adapters over one ViT-L
@@ -97,6 +98,28 @@ def agreement(path: str, n: int) -> str:
             f"probability difference {dp:.3f}.")
 
 
+def shipped_rows(paths: list[str], photo: Path, cache: ModelCache,
+                 repeats: int) -> list[tuple[str, str, float, float]]:
+    """Trained bundles timed as served (the mirror averaged where the bundle was calibrated so)
+    and with one forward pass, beside the same plain reference: what flip TTA costs."""
+    from core.bundle import load_bundle
+
+    rows = []
+    for path in paths:
+        bundle = load_bundle(path)
+        served_tta = bundle.manifest.calibration.flip_tta
+        with Predictor(bundle, "cpu", cache=cache, cpu_int8=False).loaded.use() as model:
+            plain = _median_ms(lambda m=model: _plain(m, photo), repeats)
+        for tta in dict.fromkeys((served_tta, False)):
+            pred = Predictor(bundle, "cpu", cache=cache, cpu_int8=False, tta=tta)
+            label = "as served, flip TTA" if tta else ("as served" if not served_tta
+                                                       else "one pass, not as served")
+            rows.append((f"{bundle.name} {bundle.manifest.version} ({label})",
+                         bundle.manifest.tier, _median_ms(lambda q=pred: q.predict(photo),
+                                                          repeats), plain))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
@@ -104,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--agreement-bundle", default=None,
                    help="a trained ViT bundle: int8 vs fp32 agreement on synthetic photos")
     p.add_argument("--agreement-n", type=int, default=100)
+    p.add_argument("--bundles", nargs="*", default=[],
+                   help="trained bundles (e.g. models/eyepacs-lite0), timed as served and with "
+                        "one forward pass")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="dr-single-"))
     photo = tmp / "photo.jpg"
@@ -128,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
                 int8 = Predictor(bundle, "cpu", cache=cache, cpu_int8=True)
                 rows.append((f"{bundle.name} (DR_CPU_INT8=1)", bundle.manifest.tier,
                              _median_ms(lambda p=int8: p.predict(photo), args.repeats), plain))
+    rows += shipped_rows(args.bundles, photo, cache, args.repeats)
     print(f"\nOne 1536x1024 JPEG, {os.cpu_count()} CPU cores, torch threads "
           f"{torch.get_num_threads()}, median of {args.repeats}:\n")
     print("| bundle | tier | ours: decode+quality+preprocess+grade ms | plain: PIL+resize+forward ms |")

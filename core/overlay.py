@@ -53,3 +53,36 @@ def overlay(
     a = alpha * np.clip(np.nan_to_num(heat), 0.0, 1.0)[..., None] if weighted else alpha
     blended = (1.0 - a) * image.astype(np.float32) + a * color.astype(np.float32)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+FIELD_MIN_LEVEL = 12  # 0-255: brighter than this in any channel is retina, not the black surround
+FIELD_RIM = 0.025  # the field's last 2.5% of the crop side counts as its edge, not as retina
+# a map spread evenly puts ~0.3 of its weight off the retina (surround + rim); twice that is a
+# map drawn to the border (docs/screenshots: the demo ViTs ~0.9, eyepacs-lite0 mostly 0.1-0.5)
+OFF_FIELD_WARN = 0.6
+
+
+def share_outside_field(heatmap: np.ndarray, cropped_rgb: np.ndarray) -> float:
+    """Fraction of the map's weight on the black surround of the cropped photo or on the very
+    edge of the field, rather than on the retina.
+
+    Maps that light the border (the clipped top of an EyePACS field, the corners of a ViT's
+    input) say nothing about lesions; the card must say so rather than let colour over the
+    edge be read as evidence. The retina is every pixel brighter than the near-black surround,
+    small dark gaps closed (vessels are retina), then eroded by FIELD_RIM.
+    """
+    image = np.asarray(cropped_rgb)
+    h, w = image.shape[:2]
+    heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, None)
+    if heat.shape != (h, w):
+        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    retina = (image.max(axis=2) > FIELD_MIN_LEVEL).astype(np.uint8)
+    retina = cv2.morphologyEx(retina, cv2.MORPH_CLOSE, _disc(9))
+    rim = max(1, int(round(FIELD_RIM * max(h, w))))
+    retina = cv2.erode(retina, _disc(2 * rim + 1)).astype(bool)
+    total = float(heat.sum())
+    return float(heat[~retina].sum() / total) if total > 0 else 0.0
+
+
+def _disc(size: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))

@@ -21,6 +21,12 @@ HEATMAP_CAPTION = (
     "compare with the un-annotated photo."
 )
 
+def heatmap_off_field(share: float) -> str:
+    """Said under a heatmap whose weight sits mostly off the retina (core.overlay)."""
+    return (f"{share:.0%} of this map lies on the black surround or the very edge of the field, "
+            "not on the retina: it does not show where lesions are. Judge the photo itself.")
+
+
 RESULT_RECORD_NOTICE = (
     "Each result records the model name, version, preprocessing and thresholds used."
 )

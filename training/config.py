@@ -34,6 +34,10 @@ class DataConfig:
     # > 0: a separate calibration split (temperature, operating thresholds, cut points), so the
     # figures of the selection split are not tuned on; 0: calibrate on the selection split
     calibration_fraction: float = 0.0
+    # < 1: train on this fraction of the training patients only (stratified on each patient's
+    # worst grade); the test fold, selection and calibration splits stay exactly as at 1.0, so
+    # runs at several fractions form a learning curve on the same photos (training.learning_curve)
+    train_fraction: float = 1.0
     cv_folds: int = 5
     cv_fold: int | None = None  # hold out this patient-disjoint fold as the test set (CV runs)
     cache_dir: str = "data/cache"
@@ -152,6 +156,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         raise ConfigError(f"{source}: field 'model.tier': must be one of {list(tier_names())}, "
                           f"got {config.model.tier!r}")
     _check_distill(config.optim, source)
+    if not 0.0 < config.data.train_fraction <= 1.0:
+        raise ConfigError(f"{source}: field 'data.train_fraction': must be in (0, 1], got "
+                          f"{config.data.train_fraction}")
     return config
 
 

@@ -17,7 +17,7 @@ from core.grading import GRADE_NAMES
 from training.metrics import ECE_BINS, ece, reliability_bins
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -26,18 +26,19 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close, so long runs do not pile up figures."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    _pyplot().close(fig)
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
     return out
 
 
 def confusion_matrix_png(cm: Sequence[Sequence[int]], path: str | Path) -> Path:
     """Counts with row-normalised shading, so rare grades are as readable as grade 0."""
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(cm, dtype=np.float64)
     rows = m.sum(1, keepdims=True)
     frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
@@ -55,12 +56,12 @@ def confusion_matrix_png(cm: Sequence[Sequence[int]], path: str | Path) -> Path:
     ax.set_xlabel("predicted grade")
     ax.set_ylabel("true grade")
     ax.set_title("Confusion matrix")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_png(y_true: Any, probs: Any, path: str | Path, n_bins: int = ECE_BINS) -> Path:
     """Reliability diagram of top-class confidence; the title carries the same ECE as metrics."""
-    plt = _pyplot()
+    plt = pyplot()
     bins = reliability_bins(y_true, probs, n_bins)
     edges = np.asarray(bins["edges"])
     centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
@@ -78,7 +79,7 @@ def reliability_png(y_true: Any, probs: Any, path: str | Path, n_bins: int = ECE
     axc.set_xlabel("top-class confidence")
     axc.set_ylabel("images")
     axc.set_xlim(0, 1)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _numeric_series(history: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
@@ -96,7 +97,7 @@ def training_curves_png(history: Sequence[dict[str, Any]], path: str | Path) -> 
     Non-numeric entries and missing values are skipped, so a row schema may grow between
     epochs (e.g. validation metrics only every few epochs) without breaking the figure.
     """
-    plt = _pyplot()
+    plt = pyplot()
     series = _numeric_series(history)
     epochs = [r.get("epoch", i + 1) for i, r in enumerate(history)]
     losses = {k: v for k, v in series.items() if "loss" in k.lower()}
@@ -112,4 +113,4 @@ def training_curves_png(history: Sequence[dict[str, Any]], path: str | Path) -> 
         else:
             ax.text(0.5, 0.5, f"no {title} logged", ha="center", va="center",
                     transform=ax.transAxes)
-    return _save(fig, path)
+    return save_figure(fig, path)

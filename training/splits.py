@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from core.manifest import CalibrationSpec
 from training.calibration import apply_temperature
 from training.config import TrainConfig
-from training.datasets import LabelledImage, split_cv_fold, three_way_split
+from training.datasets import LabelledImage, split_by_patient, split_cv_fold, three_way_split
 from training.loop import eval_loader
 from training.metrics import evaluate
 
@@ -78,6 +78,9 @@ def make_splits(cfg: TrainConfig, usable: list[LabelledImage]) -> Splits:
         usable, test = split_cv_fold(usable, data.cv_folds, data.cv_fold, cfg.seed)
     train, selection, calibration = three_way_split(usable, data.val_fraction,
                                                     data.calibration_fraction, cfg.seed)
+    if data.train_fraction < 1.0:  # a learning-curve point: fewer training patients, same rest
+        unused = 1.0 - data.train_fraction
+        train, _ = split_by_patient(train, unused, cfg.seed + 2)
     return Splits(train, selection, calibration, test)
 
 

@@ -40,6 +40,7 @@ from dashboard.components.heatmap import (
     heatmap_caption,
     opacity_ui,
     overlay_image,
+    show_off_field_note,
     target_caption,
     target_ui,
 )
@@ -210,6 +211,7 @@ def images_ui(item: ImageItem, data: bytes | str, bundle: Bundle | None, thumb: 
         alpha = opacity_ui(key=f"{key}-opacity")
         slot.image(overlay_image(cropped, exp.heatmap, alpha), width="stretch",
                    caption="Heatmap: " + target_caption(exp, shown))
+        show_off_field_note(exp.heatmap, cropped)
         st.caption(heatmap_caption())
 
 

@@ -8,9 +8,9 @@ import torch
 
 from core.explain import Explanation
 from core.grading import GRADE_NAMES
-from core.overlay import overlay
+from core.overlay import OFF_FIELD_WARN, overlay, share_outside_field
 from core.preprocessing import PreprocessSpec
-from core.wording import HEATMAP_CAPTION
+from core.wording import HEATMAP_CAPTION, heatmap_off_field
 
 DEFAULT_OPACITY = 0.6  # at the map's peak; weaker regions get less
 
@@ -39,6 +39,19 @@ def opacity_ui(*, key: str) -> float:
 def overlay_image(cropped: np.ndarray, heatmap: np.ndarray, opacity: float) -> np.ndarray:
     """Heat-weighted: weak regions leave the photo as it is, so the lesions stay visible."""
     return overlay(cropped, heatmap, alpha=opacity, weighted=True)
+
+
+def off_field_note(heatmap: np.ndarray, cropped: np.ndarray) -> str | None:
+    """A warning when the map is drawn to the border rather than the retina, else None."""
+    share = share_outside_field(heatmap, cropped)
+    return heatmap_off_field(share) if share >= OFF_FIELD_WARN else None
+
+
+def show_off_field_note(heatmap: np.ndarray, cropped: np.ndarray, where=st) -> None:
+    """Under the heatmap, in the same column, so the warning sits beside what it is about."""
+    note = off_field_note(heatmap, cropped)
+    if note:
+        where.warning(note, icon=":material/border_outer:")
 
 
 def heatmap_caption() -> str:

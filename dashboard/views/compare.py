@@ -26,6 +26,7 @@ from dashboard.components.heatmap import (
     heatmap_caption,
     opacity_ui,
     overlay_image,
+    show_off_field_note,
     target_caption,
 )
 from dashboard.components.notice import demo_notice_ui, licence_notice_ui, research_notice_ui
@@ -120,4 +121,5 @@ for photo in photos:
             else:
                 cols[2].image(overlay_image(a.prepared.pre.cropped, exp.heatmap, alpha),
                               caption=target_caption(exp, p.grade), width="stretch")
+                show_off_field_note(exp.heatmap, a.prepared.pre.cropped, cols[2])
         st.caption(heatmap_caption())

@@ -14,6 +14,7 @@ from dashboard.components.heatmap import (
     opacity_ui,
     overlay_image,
     scaled_heatmap,
+    show_off_field_note,
     target_caption,
 )
 from dashboard.components.notice import demo_notice_ui, licence_notice_ui, research_notice_ui
@@ -102,6 +103,7 @@ for lo in range(0, len(cells), per_row):
                            + (f" ({rel:.0%} of the strongest)" if rel is not None else ""))
                 if rel is not None:
                     st.progress(min(1.0, rel))
+                show_off_field_note(exp.heatmap, analysis.prepared.pre.cropped)
 agnostic = [m for m in maps if m in CLASS_AGNOSTIC]
 if agnostic:
     st.caption(f"{', '.join(agnostic)}: the same map whatever the target. It shows what dominates "

@@ -13,6 +13,7 @@ from dashboard.components.heatmap import (
     model_input_rgb,
     opacity_ui,
     overlay_image,
+    show_off_field_note,
     target_caption,
     target_ui,
 )
@@ -94,6 +95,7 @@ def _images(a: Analysis) -> None:
             lambda: overlay_image(pre.cropped, exp.heatmap, alpha))
         slot.image(blended, width="stretch",
                    caption="Heatmap: " + target_caption(exp, a.prediction.grade))
+        show_off_field_note(exp.heatmap, pre.cropped)
     st.caption(heatmap_caption())
 
 

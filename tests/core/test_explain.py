@@ -396,3 +396,31 @@ def test_backward_stops_at_the_target_layer() -> None:
     x = images(1, 32).requires_grad_(True)  # the spy does record a backward when one passes it
     model(x).sum().backward()
     assert _Backward.calls == 1
+
+
+def _cropped_field(side: int = 200) -> np.ndarray:
+    """A cropped photo as preprocessing leaves it: a lit disc on black, dark vessels inside."""
+    yy, xx = np.mgrid[:side, :side]
+    disc = (yy - side / 2) ** 2 + (xx - side / 2) ** 2 < (0.48 * side) ** 2
+    img = np.zeros((side, side, 3), np.uint8)
+    img[disc] = (180, 90, 40)
+    img[side // 2 - 1: side // 2 + 2, side // 4: 3 * side // 4] = 0  # a black vessel is retina
+    return img
+
+
+def test_share_outside_field_tells_a_border_map_from_a_retina_map():
+    from core.overlay import OFF_FIELD_WARN, share_outside_field
+
+    cropped = _cropped_field()
+    centre = np.zeros((50, 50), np.float32)  # maps come at model resolution, resized here
+    centre[20:30, 20:30] = 1.0
+    corners = np.zeros((50, 50), np.float32)
+    corners[:6, :6] = corners[-6:, -6:] = 1.0
+    vessel = np.zeros((200, 200), np.float32)
+    vessel[99:102, 60:140] = 1.0
+    assert share_outside_field(centre, cropped) < 0.05
+    assert share_outside_field(corners, cropped) > 0.95
+    assert share_outside_field(vessel, cropped) < 0.05
+    uniform = share_outside_field(np.ones((50, 50), np.float32), cropped)
+    assert 0.2 < uniform < OFF_FIELD_WARN / 2 + 0.05  # an even map is never called a border map
+    assert share_outside_field(np.zeros((50, 50), np.float32), cropped) == 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.grading import NOT_FUNDUS_HEADLINE
-from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE
+from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE, heatmap_off_field
 from dashboard.components.compare_table import DISAGREE, TOO_FEW
 from tests.dashboard.pages_support import (
     VIEWS,
@@ -52,6 +52,15 @@ def test_every_grader_gets_a_row(app):
     assert "models agree on the referable decision" not in all_text(app)
     assert TOO_FEW in all_text(app)
     assert not app.success
+
+
+def test_each_border_drawn_heatmap_is_called_that(app, monkeypatch):
+    import dashboard.components.heatmap as heatmap
+
+    monkeypatch.setattr(heatmap, "share_outside_field", lambda *_: 0.85)
+    app.file_uploader(key="compare-upload").set_value(("eye.png", fundus_png(1), "image/png"))
+    app.run()
+    assert texts(app, "warning").count(heatmap_off_field(0.85)) == 3  # one per grader's map
 
 
 def test_disagreement_rule():

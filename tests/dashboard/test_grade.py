@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.grading import DME_NOT_ASSESSED, NOT_FUNDUS_HEADLINE, PROGRAMMES, Urgency
-from core.wording import DEMO_NOTICE, HEATMAP_CAPTION, RESEARCH_USE_NOTICE
+from core.wording import DEMO_NOTICE, HEATMAP_CAPTION, RESEARCH_USE_NOTICE, heatmap_off_field
 from tests.dashboard.pages_support import (
     REPO,
     VIEWS,
@@ -125,6 +125,16 @@ def test_heatmap_explains_the_displayed_grade(app):
     caption = next(im.caption for i in app.get("image") for im in i.proto.imgs
                    if "Heatmap" in im.caption)
     assert f"explains the displayed grade {grade}" in caption
+
+
+@pytest.mark.parametrize("share, warned", [(0.9, True), (0.3, False)])
+def test_a_heatmap_drawn_to_the_border_is_called_that(app, monkeypatch, share, warned):
+    import dashboard.components.heatmap as heatmap
+
+    monkeypatch.setattr(heatmap, "share_outside_field", lambda *_: share)
+    _upload(app, ("eye.png", fundus_png(6), "image/png"))
+    said = [w for w in texts(app, "warning") if "not on the retina" in w]
+    assert said == ([heatmap_off_field(share)] if warned else [])
 
 
 def test_programme_switch_shows_uk_mapping_caveat(app):

@@ -75,6 +75,31 @@ def test_eyepacs_preset_reads_kaggles_layout_and_splits_by_patient():
                for part in (selection, calibration))
 
 
+def test_train_fraction_shrinks_only_the_training_patients():
+    """A learning-curve point trains on fewer patients; the test fold, selection and
+    calibration splits must be the very same photos as at the full fraction."""
+    from training.config import ConfigError
+    from training.splits import make_splits
+
+    records = _records(120)
+
+    def splits(fraction: float):
+        cfg = load_config(None, ["data.cv_fold=1", "data.calibration_fraction=0.2",
+                                 f"data.train_fraction={fraction}"])
+        return make_splits(cfg, records)
+
+    full, half = splits(1.0), splits(0.5)
+    for part in ("test", "selection", "calibration"):
+        assert [r.id for r in getattr(half, part)] == [r.id for r in getattr(full, part)]
+    kept = {r.id for r in half.train}
+    assert kept < {r.id for r in full.train}
+    assert abs(len({r.patient for r in half.train}) - len({r.patient for r in full.train}) / 2) <= 5
+    assert all((f"{r.patient}_left" in kept) == (f"{r.patient}_right" in kept) for r in half.train)
+    assert any(r.grade >= REFERABLE_MIN_GRADE for r in half.train)
+    with pytest.raises(ConfigError, match="train_fraction"):
+        splits(0.0)
+
+
 def _rows(grades, p_ref, patients=None, threshold=0.5):
     rows = []
     for i, (g, p) in enumerate(zip(grades, p_ref, strict=True)):

@@ -28,17 +28,9 @@ from core.images import decode_image
 from core.preprocessing import PreprocessSpec, preprocess
 from core.synthetic import generate_fundus
 from training.mae.model import MaskedAutoencoderViT, build_mae, read_mae_checkpoint
+from training.plots import pyplot, save_figure
 
 COLUMNS = ("original", "masked", "reconstruction + visible", "reconstruction")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def load_mae(checkpoint: str | Path) -> tuple[MaskedAutoencoderViT, dict]:
@@ -91,7 +83,7 @@ def draw_figure(checkpoint: str | Path, photos: Sequence[str | Path], synthetic:
     if not tensors:
         raise DRError("Nothing to draw: give --photos and/or --synthetic N.")
     cols = reconstruct(model, torch.stack(tensors), mask_ratio, seed)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(tensors), 4, figsize=(10, 2.6 * len(tensors)), squeeze=False)
     for r, label in enumerate(labels):
         for c, name in enumerate(COLUMNS):
@@ -111,21 +103,12 @@ def draw_figure(checkpoint: str | Path, photos: Sequence[str | Path], synthetic:
                  + (f", epoch {epoch}" if epoch is not None else "")
                  + (" (norm-pix: patches rescaled with their true mean/std)"
                     if model.norm_pix_loss else ""), fontsize=9)
-    return _save(fig, out)
-
-
-def _save(fig, out: str | Path) -> Path:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
-    return path
+    return save_figure(fig, out, dpi=100)
 
 
 def loss_curve_png(steps_csv: Path, history: Sequence[dict], out: Path) -> Path:
     """Loss per optimizer step (and a running mean) beside img/s per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     steps, losses = [], []
     if steps_csv.is_file():
         with open(steps_csv, newline="", encoding="utf-8") as fh:
@@ -151,7 +134,7 @@ def loss_curve_png(steps_csv: Path, history: Sequence[dict], out: Path) -> Path:
     ax_s.set_xlabel("epoch")
     ax_s.set_title("throughput")
     ax_s.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:
