@@ -23,8 +23,8 @@ HEATMAP_CAPTION = (
 
 def heatmap_off_field(share: float) -> str:
     """Said under a heatmap whose weight sits mostly off the retina (core.overlay)."""
-    return (f"{share:.0%} of this map lies on the black surround or the very edge of the field, "
-            "not on the retina: it does not show where lesions are. Judge the photo itself.")
+    return (f"{share:.0%} of this map is on the black border or the field's edge, not the "
+            "retina: it does not show where lesions are.")
 
 
 RESULT_RECORD_NOTICE = (

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from core.bundle import finalize_bundle, load_bundle
-from core.errors import DRError
+from core.errors import ConfigError, DRError
 from core.grading import Thresholds, decide
 from training.config import TrainConfig, load_config
 from training.metrics import binary_auroc, cohen_kappa
@@ -143,8 +142,11 @@ def fold_done(cfg: TrainConfig) -> bool:
     saved = run_dir / "config.yaml"
     if not (run_dir / "test_predictions.csv").is_file() or not saved.is_file():
         return False
-    return _fold_relevant(yaml.safe_load(saved.read_text(encoding="utf-8"))) == _fold_relevant(
-        cfg.to_dict())
+    try:  # read through the config class, so a field added since (at its default) is no change
+        previous = load_config(saved).to_dict()
+    except ConfigError:  # a field since removed or renamed: not this recipe any more
+        return False
+    return _fold_relevant(previous) == _fold_relevant(cfg.to_dict())
 
 
 def _fold_relevant(config: dict[str, Any]) -> dict[str, Any]:

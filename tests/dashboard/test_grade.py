@@ -133,7 +133,7 @@ def test_a_heatmap_drawn_to_the_border_is_called_that(app, monkeypatch, share, w
 
     monkeypatch.setattr(heatmap, "share_outside_field", lambda *_: share)
     _upload(app, ("eye.png", fundus_png(6), "image/png"))
-    said = [w for w in texts(app, "warning") if "not on the retina" in w]
+    said = [w for w in texts(app, "warning") if "not the retina" in w]
     assert said == ([heatmap_off_field(share)] if warned else [])
 
 

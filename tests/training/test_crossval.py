@@ -178,6 +178,12 @@ def test_crossval_command_runs_folds_and_reuses_finished_ones(tmp_path, syntheti
     monkeypatch.setattr("training.run.run", lambda *a, **k: pytest.fail("fold re-run"))
     assert crossval.main(argv) == 0  # both folds reused
     assert crossval.main(argv + ["--set", "version=9.9.9"]) == 0  # a new label trains nothing
+    for k in range(2):  # folds saved before a config field existed: at its default, no change
+        saved = out / f"fold{k}" / "config.yaml"
+        text = saved.read_text(encoding="utf-8")
+        assert "\n  train_fraction: 1.0\n" in text
+        saved.write_text(text.replace("\n  train_fraction: 1.0\n", "\n"), encoding="utf-8")
+    assert crossval.main(argv) == 0
     with pytest.raises(pytest.fail.Exception, match="fold re-run"):  # a new recipe does
         crossval.main(argv + ["--set", "optim.lr=0.123"])
 
