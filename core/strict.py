@@ -96,6 +96,10 @@ def _parse_scalar(tp: Any, value: Any, path: str, source: str) -> Any:
         _fail(source, path, f"expected int, got bool {value!r}")
     if isinstance(value, tp):
         return value
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        _fail(source, path, f"expected text, got the number {value!r}; quote it so that YAML "
+                            f"keeps it as written ({path.rsplit('.', 1)[-1]}: \"{value}\", or "
+                            f"on the command line --set '{path}=\"{value}\"')")
     _fail(source, path, f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
 
 

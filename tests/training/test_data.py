@@ -61,6 +61,15 @@ def test_custom_csv_needs_its_columns():
         load_records(DataConfig(preset="csv", csv="x.csv"))
 
 
+def test_a_number_where_text_belongs_says_how_to_quote_it():
+    from training.config import load_config
+
+    with pytest.raises(ConfigError, match=r"field 'version': expected text, got the number 1.2; "
+                                          r"quote it.*--set 'version=\"1.2\"'"):
+        load_config(None, ["version=1.2"])
+    assert load_config(None, ['version="1.10"']).version == "1.10"  # quoted: kept as written
+
+
 def test_patient_split_keeps_eyes_together_and_stratifies():
     from training.datasets import LabelledImage
 
