@@ -62,8 +62,8 @@ def _lora(folder: Path, base: Bundle, names: list[str]) -> list[Bundle]:
     return out
 
 
-def _plain(model: torch.nn.Module, path: Path) -> None:
-    img = Image.open(path).convert("RGB").resize((224, 224))
+def _plain(model: torch.nn.Module, path: Path, side: int = 224) -> None:
+    img = Image.open(path).convert("RGB").resize((side, side))
     x = torch.from_numpy(np.asarray(img, np.float32) / 255).permute(2, 0, 1)[None]
     with torch.inference_mode():
         model(x)
@@ -109,7 +109,8 @@ def shipped_rows(paths: list[str], photo: Path, cache: ModelCache,
         bundle = load_bundle(path)
         served_tta = bundle.manifest.calibration.flip_tta
         with Predictor(bundle, "cpu", cache=cache, cpu_int8=False).loaded.use() as model:
-            plain = _median_ms(lambda m=model: _plain(m, photo), repeats)
+            side = bundle.manifest.preprocessing.input_size
+            plain = _median_ms(lambda m=model: _plain(m, photo, side), repeats)
         for tta in dict.fromkeys((served_tta, False)):
             pred = Predictor(bundle, "cpu", cache=cache, cpu_int8=False, tta=tta)
             label = "as served, flip TTA" if tta else ("as served" if not served_tta

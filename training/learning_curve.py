@@ -151,6 +151,8 @@ def plot_png(result: dict[str, Any], path: Path) -> Path:
             color="#888888", label="fitted line, extrapolated beyond the last point")
     ax.axhline(result["target"], color="#b03030", lw=1, label=f"target {result['target']:.2f}")
     ax.set_xscale("log", base=2)
+    ticks = [t for t in (25, 50, 100, 200, 400, 800, 1600, 3200) if x.min() / 1.5 <= t <= x_end]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("training photos per fold (log scale)")
     ax.set_ylabel("out-of-fold referable AUROC")
     ax.set_title("Learning curve: same test photos, fewer training photos")
