@@ -142,7 +142,8 @@ def main() -> None:
         main_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print()
-    print(f"| stage ({bundle.name}, {args.workers} worker{"s" if args.workers != 1 else ""}, {os.cpu_count()} cores) "
+    plural = "s" if args.workers != 1 else ""
+    print(f"| stage ({bundle.name}, {args.workers} worker{plural}, {os.cpu_count()} cores) "
           "| photos/s | vs decode only | peak RSS MB |")
     print("|---|---|---|---|")
     print(f"| decode only | {decode_rate:.1f} | 1.00 | {decode_rss:.0f} (worker) |")

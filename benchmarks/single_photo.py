@@ -110,7 +110,7 @@ def shipped_rows(paths: list[str], photo: Path, cache: ModelCache,
         served_tta = bundle.manifest.calibration.flip_tta
         with Predictor(bundle, "cpu", cache=cache, cpu_int8=False).loaded.use() as model:
             side = bundle.manifest.preprocessing.input_size
-            plain = _median_ms(lambda m=model: _plain(m, photo, side), repeats)
+            plain = _median_ms(lambda m=model, s=side: _plain(m, photo, s), repeats)
         for tta in dict.fromkeys((served_tta, False)):
             pred = Predictor(bundle, "cpu", cache=cache, cpu_int8=False, tta=tta)
             label = "as served, flip TTA" if tta else ("as served" if not served_tta
