@@ -422,5 +422,11 @@ def test_share_outside_field_tells_a_border_map_from_a_retina_map():
     assert share_outside_field(corners, cropped) > 0.95
     assert share_outside_field(vessel, cropped) < 0.05
     uniform = share_outside_field(np.ones((50, 50), np.float32), cropped)
-    assert 0.2 < uniform < OFF_FIELD_WARN / 2 + 0.05  # an even map is never called a border map
+    # an even map weighs the area outside the field less its rim: 1 - pi (0.48 - 0.025)^2
+    assert uniform == pytest.approx(1 - np.pi * 0.455 ** 2, abs=0.02)
+    assert uniform < OFF_FIELD_WARN  # and is never called a border map
+    large = _cropped_field(1200)  # measured on a reduced copy: the same share, quickly
+    assert share_outside_field(np.ones((50, 50), np.float32), large) == pytest.approx(
+        uniform, abs=0.02)
+    assert share_outside_field(corners, large) > 0.95
     assert share_outside_field(np.zeros((50, 50), np.float32), cropped) == 0.0
