@@ -41,10 +41,12 @@ if predictor is None:
     st.stop()
 photos = photo_inputs_ui(key="explain", multiple=False)
 methods_ok = explain_methods(predictor)
-# beside the bundle's method: a class-specific map that points at lesions in 2 of 3 synthetic
-# referable photos or more (benchmarks/explain_quality.py); EigenCAM scored 0%
-second = "attention_rollout" if bundle.manifest.explanation.arch == "vit" else "hirescam"
-default = [m for m in (bundle.manifest.explanation.method, second) if m in methods_ok]
+# beside the bundle's method, for ViTs only: attention rollout, whose peak lands on a lesion 2x
+# as often as a random point's on synthetic referable photos, where the demo ViTs' Grad-CAM
+# family scores below chance. No CNN second: HiResCAM, the best second for demo-baseline (69%),
+# scores 2% on eyepacs-lite0, the default model (benchmarks/README.md, explain_quality.py)
+second = ("attention_rollout",) if bundle.manifest.explanation.arch == "vit" else ()
+default = [m for m in (bundle.manifest.explanation.method, *second) if m in methods_ok]
 c1, c2, c3 = st.columns([3, 2, 2])
 methods = c1.multiselect("Methods", methods_ok, default=list(dict.fromkeys(default)),
                          key="explain-methods")

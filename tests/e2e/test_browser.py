@@ -105,7 +105,7 @@ def test_grade_then_compare_in_chromium(tmp_path):
         open_page(page, "Explain", "Explain a result")
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
             str(photos[0]))
-        page.get_by_text("raw peak strength").nth(1).wait_for(timeout=120_000)
+        page.get_by_text("raw peak strength").first.wait_for(timeout=120_000)
         wait_idle(page)
         shot(page, tmp_path, "explain")
 
