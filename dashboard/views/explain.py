@@ -51,8 +51,9 @@ c1, c2, c3 = st.columns([3, 2, 2])
 methods = c1.multiselect("Methods", methods_ok, default=list(dict.fromkeys(default)),
                          key="explain-methods")
 target_kind = c2.radio("Explain", TARGETS, key="explain-target")
-chosen = c2.selectbox("Grade", range(5), format_func=lambda g: f"{g} {GRADE_NAMES[g]}",
-                      key="explain-grade", disabled=target_kind != TARGETS[1])
+# shown only when it is used: a greyed-out "0 No DR" beside a grade-3 card reads as a contradiction
+chosen = (c2.selectbox("Grade", range(5), format_func=lambda g: f"{g} {GRADE_NAMES[g]}",
+                       key="explain-grade") if target_kind == TARGETS[1] else None)
 with c3:
     alpha = opacity_ui(key="explain-opacity")
     common = st.checkbox("Common scale across maps", key="explain-common",

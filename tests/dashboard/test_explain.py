@@ -66,6 +66,7 @@ def test_targets_chosen_grade_and_referable(app):
     app.multiselect(key="explain-methods").set_value(["gradcam"]).run()
     # by default the map explains the grade on the card (issue 12)
     assert any("gradcam: explains the displayed grade" in c for c in texts(app, "caption"))
+    assert not [b for b in app.selectbox if b.key == "explain-grade"]  # no unused grade picker
     app.radio(key="explain-target").set_value("another grade (not the displayed one)").run()
     app.selectbox(key="explain-grade").set_value(4).run()
     assert any("explains grade 4 (PDR) - NOT the displayed grade" in c
