@@ -122,10 +122,11 @@ def band_note(prediction: Prediction, top: int) -> str:
     band = [g for g in range(5) if (g >= 2) == ref and (g >= 3) == vt]
     said = f"The single most probable grade is {top} ({prediction.probs[top]:.0%}). "
     if top not in band:
-        names = ("3-4 (vision-threatening)" if vt else "2 (referable, not vision-threatening)"
-                 if ref else "0-1 (not referable)")
+        names = ("grades 3-4 (vision-threatening)" if vt else
+                 "grade 2 (referable, not vision-threatening)" if ref else
+                 "grades 0-1 (not referable)")
         return (said + "At this model's operating thresholds the referable / vision-threatening "
-                f"probabilities put the result in grades {names}; the grade shown is the one "
+                f"probabilities put the result in {names}; the grade shown is the one "
                 "the model's rule picks inside that band.")
     expected = sum(g * p for g, p in enumerate(prediction.probs))
     return (said + "This model grades by cut points on the expected grade (here "

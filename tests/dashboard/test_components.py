@@ -16,7 +16,7 @@ from core.records import PredictionSettings
 from dashboard.components.bundles import bundle_label, format_params, graders
 from dashboard.components.heatmap import model_input_rgb, scaled_heatmap
 from dashboard.components.probability_chart import probability_figure
-from dashboard.components.result_card import headline, settings_rows
+from dashboard.components.result_card import band_note, headline, settings_rows
 from dashboard.components.signoff import validate
 from dashboard.components.upload import DEGRADED, SAMPLES, sample_bytes
 
@@ -56,6 +56,18 @@ def test_headline_leads_with_the_decision():
     assert headline(_prediction(1, False, False)).startswith("Not referable")
     # the bundle's operating point wins over argmax: grade 1 above the referable threshold
     assert headline(_prediction(1, True, False)).startswith("Referable")
+
+
+def test_band_note_names_the_band_the_flags_allow():
+    # 509_left's card: 69% on No DR, referred at a low threshold, so grade 2 is shown
+    referred = dataclasses.replace(_prediction(2, True, False),
+                                   probs=(0.69, 0.17, 0.09, 0.04, 0.01))
+    assert ("put the result in grade 2 (referable, not vision-threatening);"
+            in band_note(referred, top=0))
+    urgent = dataclasses.replace(_prediction(3, True, True), probs=(0.4, 0.3, 0.1, 0.15, 0.05))
+    assert "put the result in grades 3-4 (vision-threatening);" in band_note(urgent, top=0)
+    routine = dataclasses.replace(_prediction(1, False, False), probs=(0.1, 0.3, 0.5, 0.05, 0.05))
+    assert "put the result in grades 0-1 (not referable);" in band_note(routine, top=2)
 
 
 def test_settings_rows_record_model_and_thresholds():
