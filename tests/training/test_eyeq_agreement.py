@@ -38,3 +38,23 @@ def test_table_and_command(rated, capsys):
     assert "| good | 47 | 0 | 0 | 47 |" in table
     assert main([str(EYEPACS)]) == 0
     assert "EyeQ-reject photos graded without a warning" in capsys.readouterr().out
+
+
+def test_no_eyeq_reject_photo_is_graded_silently_by_the_default_model(rated):
+    """Issue 11, item 4, as served: each EyeQ-reject photo is ungradable or carries a review
+    flag. These photos are in eyepacs-lite0's training data, so this checks the served card's
+    wiring on them, not how the model fares on unseen poor photos."""
+    from core.bundle import load_bundle
+    from core.predict import Predictor
+
+    bundle_dir = Path(__file__).resolve().parents[2] / "models" / "eyepacs-lite0"
+    if not bundle_dir.is_dir():
+        pytest.skip("models/eyepacs-lite0 is not installed")
+    predictor = Predictor(load_bundle(bundle_dir), "cpu")
+    rejects = [r.image for r in rated if r.eyeq == "reject"]
+    silent_cards = []
+    for image in rejects:
+        pred = predictor.predict(EYEPACS / "train" / f"{image}.jpeg")
+        if pred.gradable and not pred.review_reasons:
+            silent_cards.append(image)
+    assert len(rejects) == 21 and silent_cards == []
