@@ -16,8 +16,9 @@ Appended settings, where the exact text would train for minutes to hours:
 - training commands get TINY_TRAIN (`--set`, one epoch, small inputs) after their own text;
   `training.hpo` also `--trials 2`; `training.pretrain_mae` gets TINY_MAE and 8 synthetic photos
   (a 2-block 64-d encoder), whose checkpoint the README's next commands then read;
-- `training.crossval` (5 folds, about 30 minutes on 2 cores by the README's own account) is
-  skipped with that reason; tests/training/test_crossval.py runs it on tiny data. So are
+- `training.crossval` (5 folds, about 30 minutes on 2 cores by the README's own account) and
+  `training.multi_source` (four models on the three real sets) are skipped with that reason;
+  tests/training/test_crossval.py and test_multi_source.py run them on tiny data. So are
   `training.operating_rules`, `training.patient_level` and `training.paired_cv`, which read
   those folds (tests/training/test_operating_rules.py, test_patient_level.py, test_paired_cv.py).
 Not run: `pip install -r requirements.txt` (.ci/run runs exactly it before this suite; a test
@@ -175,6 +176,10 @@ def _plan(cmd: str) -> tuple[str, str]:
         return text, "the test suite itself: .ci/run runs exactly this command"
     if module == "training.crossval":
         return text, "5-fold cross-validation: about 30 minutes on 2 cores (README)"
+    if module == "training.multi_source":
+        return text, ("trains four models on the 2,476 real photos (about 75 minutes on 2 cores, "
+                      "models/README.md); tests/training/test_multi_source.py runs it on "
+                      "stand-in folders in the three layouts")
     if module in ("training.operating_rules", "training.patient_level", "training.paired_cv"):
         return text, ("reads the folds of the cross-validation above (skipped here); "
                       f"tests/training/test_{module.split('.')[1]}.py runs this command on "

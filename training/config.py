@@ -20,10 +20,28 @@ from core.strict import parse_strict, to_jsonable
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """One labelled set of a run that mixes several (data.sources), read by its preset."""
+
+    preset: Literal["synthetic", "aptos", "eyepacs", "messidor2", "idrid"]
+    root: str | None = None  # the distributor's folder (see DataConfig.root)
+    csv: str | None = None
+    images: str | None = None
+    name: str | None = None  # prefixes its ids and groups ("messidor2:IM000012"); default preset
+
+    @property
+    def label(self) -> str:
+        return self.name or self.preset
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the images come from. `preset` names the CSV layout (see training.datasets)."""
 
     preset: Literal["synthetic", "aptos", "eyepacs", "messidor2", "idrid", "csv"] = "synthetic"
+    # the distributor's folder as downloaded (e.g. ../shared/realdata/idrid): the preset knows
+    # where its labels CSV and images lie inside it; `csv` / `images` override
+    root: str | None = None
     csv: str | None = None
     images: str | None = None
     id_column: str | None = None  # preset "csv" only
@@ -47,8 +65,58 @@ class DataConfig:
     synthetic_seed: int = 0
     synthetic_size: int = 384
     synthetic_dir: str = "data/synthetic"
-    limit: int | None = None  # use the first N rows (smoke runs)
+    limit: int | None = None  # use the first N rows (smoke runs; per source)
     augment: bool = True  # flips, rotation, colour jitter, scale (after cropping)
+    # several labelled sets in one run: each record's id and group are prefixed "name:"; when
+    # given, preset / root / csv / images and the column settings above must stay unset
+    sources: tuple[SourceConfig, ...] = ()
+    # > 0: hold out this fraction of the groups (stratified by source and worst grade) as a
+    # fixed test set drawn from `seed` alone, so runs differing only in model settings test on
+    # the same photos
+    test_fraction: float = 0.0
+    # leave-one-source-out: every photo of this source (a data.sources name) is the test set
+    hold_out_source: str | None = None
+
+    def source_names(self) -> list[str]:
+        """The names records carry in `source`: one per data.sources entry, else the preset."""
+        return [s.label for s in self.sources] if self.sources else [self.preset]
+
+    def check(self, where: str = "config") -> None:
+        """Ranges and combinations the field types cannot say; ConfigError naming the field."""
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(f"{where}: field 'data.test_fraction': must be in [0, 1), got "
+                              f"{self.test_fraction}")
+        chosen = [f"data.{k}" for k, on in (("cv_fold", self.cv_fold is not None),
+                                            ("test_fraction", self.test_fraction > 0),
+                                            ("hold_out_source", self.hold_out_source is not None))
+                  if on]
+        if len(chosen) > 1:
+            raise ConfigError(f"{where}: {' and '.join(chosen)} each choose the test set and "
+                              "a run has one: set only one of data.cv_fold, data.test_fraction "
+                              "and data.hold_out_source")
+        self._check_sources(where)
+
+    def _check_sources(self, where: str) -> None:
+        names = self.source_names()
+        if len(set(names)) < len(names):
+            raise ConfigError(f"{where}: field 'data.sources': names must differ (they prefix "
+                              f"the ids), got {names}; give each a `name`")
+        if self.sources:
+            defaults = DataConfig()
+            clash = [k for k in ("preset", "root", "csv", "images", "id_column", "label_column",
+                                 "patient_column", "image_suffix")
+                     if getattr(self, k) != getattr(defaults, k)]
+            if clash:
+                raise ConfigError(f"{where}: data.sources names every source itself; remove "
+                                  f"{', '.join('data.' + k for k in clash)} (or move them into "
+                                  "a source)")
+        if self.hold_out_source is not None:
+            if self.hold_out_source not in names:
+                raise ConfigError(f"{where}: field 'data.hold_out_source': no source named "
+                                  f"{self.hold_out_source!r}; available: {names}")
+            if len(names) < 2:
+                raise ConfigError(f"{where}: field 'data.hold_out_source': needs at least two "
+                                  "data.sources (the others train the model)")
 
 
 @dataclass(frozen=True)
@@ -101,6 +169,11 @@ class OptimConfig:
     # point, which rests on the few grade-3/4 photos of a calibration split
     vt_grade_by_probability: bool = False
     amp: bool = True
+    # CPU training fast path: channels_last for CNNs and bf16 autocast for the training steps
+    # where the CPU has native bf16 (AVX-512 BF16 / AMX); every scored split stays fp32, as the
+    # bundle is served (python -m benchmarks.cpu_fast_path times it against a plain fp32 step)
+    cpu_fast: bool = False
+    cpu_bf16: bool = True  # under cpu_fast; false: channels_last alone, fp32 (the pairing's reference)
     compile: bool = False
     patience: int = 5  # early stopping on the selection metric
     # what chooses the best epoch on the selection split; referable AUROC is steadier than
@@ -159,6 +232,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     if not 0.0 < config.data.train_fraction <= 1.0:
         raise ConfigError(f"{source}: field 'data.train_fraction': must be in (0, 1], got "
                           f"{config.data.train_fraction}")
+    config.data.check(source)
     return config
 
 

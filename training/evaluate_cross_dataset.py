@@ -119,7 +119,7 @@ def evaluate_dataset(predictor: Predictor, spec: DatasetSpec, *, limit: int | No
     rows: list[dict[str, Any]] = []
     chunks = range(0, len(records), predictor.max_batch)
     for lo in tqdm(chunks, desc=spec.name, disable=not progress, leave=False):
-        rows += _predict_chunk(predictor, records[lo:lo + predictor.max_batch], unreadable)
+        rows += predict_chunk(predictor, records[lo:lo + predictor.max_batch], unreadable)
     y = np.array([r["grade"] for r in rows], dtype=np.int64)
     probs = np.array([r["probs"] for r in rows], dtype=np.float64).reshape(-1, 5)
     gradable = np.array([r["gradable"] for r in rows], dtype=bool)
@@ -148,7 +148,7 @@ def gated_intervals(rows: list[dict[str, Any]], reps: int = BOOTSTRAP_REPS) -> d
     return bootstrap(outcomes, reps)
 
 
-def _predict_chunk(predictor: Predictor, records: list[LabelledImage],
+def predict_chunk(predictor: Predictor, records: list[LabelledImage],
                    unreadable: dict[str, str]) -> list[dict[str, Any]]:
     prepared: list[tuple[LabelledImage, PreparedImage]] = []
     for record in records:

@@ -219,16 +219,45 @@ DATA_SOURCES = {
     "synthetic": "synthetic fundus images (core.synthetic)",
     "eyepacs": "EyePACS photos (Kaggle Diabetic Retinopathy Detection 2015, for non-commercial "
                "research and education under Kaggle's competition terms)",
-    "aptos": "APTOS-2019 photos", "messidor2": "Messidor-2 photos", "idrid": "IDRiD photos",
+    "aptos": "APTOS-2019 photos",
+    "messidor2": "Messidor-2 photos (ADCIS / LaTIM, research use under the Messidor licence, no "
+                 "redistribution; adjudicated grades of Krause et al., Ophthalmology 2018)",
+    "idrid": "IDRiD photos (Porwal et al., Data 2018, CC BY 4.0)",
 }
+SET_NAMES = {"eyepacs": "EyePACS", "messidor2": "Messidor-2", "idrid": "IDRiD", "aptos": "APTOS"}
+GROUPED_BY = {"eyepacs": "patient", "messidor2": "examination", "idrid": "image"}
 
 
 def _data_line(cfg: TrainConfig, summary: dict) -> str:
-    kind = DATA_SOURCES.get(cfg.data.preset, f"preset {cfg.data.preset}")
+    """What the card and every page name as the training data (the part before the first
+    colon is the short form: core.wording.real_data_notice)."""
     parts = [f"{summary.get('train')} train", f"{summary.get('val')} selection"]
+    if cfg.data.sources:
+        parts += [f"{summary['calibration']} calibration"] if summary.get("calibration") else []
+        return _sources_line(cfg, summary, " / ".join(parts))
     parts += [f"{summary[k]} {k}" for k in ("calibration", "test") if summary.get(k)]
+    kind = DATA_SOURCES.get(cfg.data.preset, f"preset {cfg.data.preset}")
     return (f"{summary.get('used')} {kind}: {' / '.join(parts)}, split by patient; "
             f"labels {summary.get('csv')}")
+
+
+def _sources_line(cfg: TrainConfig, summary: dict, splits: str) -> str:
+    """The short form counts the photos the model was developed on (train, selection,
+    calibration); a held-out test split or source is named after it, never counted in it."""
+    per = summary.get("sources") or {}
+    held_source = cfg.data.hold_out_source
+    sources = [(s.name or s.preset, s.preset) for s in cfg.data.sources]
+    used = [(n, p) for n, p in sources if n != held_source]
+    developed = int(summary.get("used") or 0) - int(summary.get("test") or 0)
+    short = ", ".join(SET_NAMES.get(p, n) for n, p in used)
+    groups = ", ".join(f"{GROUPED_BY.get(p, 'patient')} ({SET_NAMES.get(p, n)})" for n, p in used)
+    each = "; ".join(f"{(per.get(n) or {}).get('used', '?')} {DATA_SOURCES.get(p, n)}"
+                     for n, p in sources)
+    test = (f"every photo of {held_source} held out as the test set" if held_source else
+            f"a further {summary.get('test')} photos held out as the test set"
+            if summary.get("test") else "no test set")
+    return (f"{developed:,} real photos from {len(used)} sets ({short}): {splits}, grouped by "
+            f"{groups}, stratified by set and grade; {test}. The sets: {each}")
 
 
 def _argv() -> list[str]:

@@ -22,22 +22,25 @@ WHAT = ("photos used for neither training, epoch choice nor calibration; quality
         "grades as served; 95% bootstrap intervals, both eyes of a patient resampled together")
 
 
-def attach_held_out(bundle_path: Path, results: dict[str, dict[str, Any]]) -> None:
+def attach_held_out(bundle_path: Path, results: dict[str, dict[str, Any]], *,
+                    what: str = WHAT, merge: bool = True) -> None:
     """Merge {dataset label: crossval.bootstrap-style intervals} into the bundle's manifest and
-    card; a label attached again replaces its earlier row. The weights are not touched."""
+    card; a label attached again replaces its earlier row (merge=False: the whole table is
+    replaced). The weights are not touched. `what`: how the rows were measured, as the card
+    and the Models page say it."""
     bundle = load_bundle(bundle_path)
     evaluation = dict(bundle.manifest.evaluation)
-    held_out = dict(evaluation.get("held_out") or {})
+    held_out = dict(evaluation.get("held_out") or {}) if merge else {}
     rows = dict(held_out.get("results") or {}) | results
-    evaluation["held_out"] = {"what": WHAT, "results": rows}
+    evaluation["held_out"] = {"what": what, "results": rows}
     manifest = replace(bundle.manifest, evaluation=evaluation)
     card_path = bundle_path / MODEL_CARD_FILE
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
-    finalize_bundle(bundle_path, manifest, with_section(card, card_section(rows)))
+    finalize_bundle(bundle_path, manifest, with_section(card, card_section(rows, what)))
 
 
-def card_section(rows: dict[str, dict[str, Any]]) -> str:
-    return f"{SECTION}\n\nOn {WHAT}.\n\n{table(rows, first='dataset')}\n"
+def card_section(rows: dict[str, dict[str, Any]], what: str = WHAT) -> str:
+    return f"{SECTION}\n\nOn {what}.\n\n{table(rows, first='dataset')}\n"
 
 
 def with_section(card: str, section: str) -> str:

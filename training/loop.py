@@ -100,11 +100,14 @@ class Trainer:
         self.dist, self.progress = dist_info, progress
         self.step_hooks = tuple(step_hooks)
         self.device = _device(cfg, dist_info)
-        self.channels_last = setup.channels_last and self.device.type == "cuda"
+        fast_cpu = cfg.optim.cpu_fast and self.device.type == "cpu"
+        self.channels_last = setup.channels_last and (self.device.type == "cuda" or fast_cpu)
         self.model = setup.model.to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.amp_dtype = _amp_dtype(cfg, self.device)
+        # what scores splits (epoch choice, calibration, test): fp32 on the CPU, as served
+        self.eval_amp_dtype = self.amp_dtype if self.device.type == "cuda" else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.base_lr = _base_lr(cfg)
         self.optimizer = torch.optim.AdamW(
@@ -124,6 +127,8 @@ class Trainer:
         if self.teacher is not None:
             self.logger.note(f"distilling from {self.teacher.label} ({cfg.optim.distill_from}): "
                              f"alpha {cfg.optim.distill_alpha}, T {cfg.optim.distill_temperature}")
+        if fast_cpu:
+            self.logger.note("CPU fast path: " + _fast_path_note(cfg, self.amp_dtype))
         self._wrapped: nn.Module | None = None
         self._trainable_signature: tuple | None = None
 
@@ -146,8 +151,9 @@ class Trainer:
         if not self.checkpoint_path.is_file():
             return False
         payload = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        changed = sorted(set(config_changes(payload.get("config"), self.cfg.to_dict()))
-                         - RESUMABLE_CHANGES)
+        saved = payload.get("config")
+        saved = None if saved is None else with_defaults(saved, TrainConfig().to_dict())
+        changed = sorted(set(config_changes(saved, self.cfg.to_dict())) - RESUMABLE_CHANGES)
         if changed:
             raise ConfigError(
                 f"{self.checkpoint_path} was written with other settings ({', '.join(changed)}). "
@@ -240,8 +246,8 @@ class Trainer:
         out = []
         for x, _ in loader:
             x = self._to_device(x)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype,
-                                enabled=self.amp_dtype is not None):
+            with torch.autocast(self.device.type, dtype=self.eval_amp_dtype,
+                                enabled=self.eval_amp_dtype is not None):
                 logits = flip_averaged_logits(model, x) if flip_tta else model(x).float()
             out.append(logits.cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, 5), np.float32)
@@ -335,9 +341,32 @@ def _device(cfg: TrainConfig, info: DistInfo) -> torch.device:
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The training steps' autocast dtype: the GPU's AMP, bf16 on a CPU with native bf16
+    under optim.cpu_fast, otherwise none (fp32)."""
+    if device.type == "cpu" and cfg.optim.cpu_fast:
+        return torch.bfloat16 if cfg.optim.cpu_bf16 and cpu_has_native_bf16() else None
     if not cfg.optim.amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _fast_path_note(cfg: TrainConfig, amp_dtype: torch.dtype | None) -> str:
+    if amp_dtype is not None:
+        what = "channels_last, bf16 autocast for training steps"
+    elif not cfg.optim.cpu_bf16:
+        what = "channels_last only (optim.cpu_bf16 false)"
+    else:
+        what = "no native bf16 on this CPU, channels_last only"
+    return what + "; scoring in fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated
+    and slower than fp32, so the fast path keeps fp32 and uses channels_last alone."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def config_changes(old: dict | None, new: dict, prefix: str = "") -> list[str]:
@@ -352,6 +381,17 @@ def config_changes(old: dict | None, new: dict, prefix: str = "") -> list[str]:
             out += config_changes(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}")
+    return out
+
+
+def with_defaults(saved: dict, defaults: dict) -> dict:
+    """A checkpoint's config with the fields added since it was written at their defaults, so
+    a new field left at its default is no change and the run still resumes."""
+    out = dict(defaults)
+    for key, value in saved.items():
+        base = defaults.get(key)
+        out[key] = with_defaults(value, base) if isinstance(value, dict) and isinstance(
+            base, dict) else value
     return out
 
 

@@ -2,6 +2,7 @@
 figures and their difference, with a paired bootstrap interval.
 
     python -m training.paired_cv runs/eyepacs-lite0-tta-cv runs/eyepacs-lite0-cv
+    python -m training.paired_cv runs/multisource-lite0 runs/multisource-lite0-fp32  # held-out runs
 
 Why: two recipes' separate intervals (0.68-0.83 at 395 photos) overlap for almost any change
 worth trying, yet most of their width is which photos happened to be hard, and that is shared.
@@ -13,6 +14,7 @@ the same photos (the same config's folds, as crossval splits by a fixed seed).
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,11 @@ LABELS = {"referable_auroc": "referable AUROC", "kappa_quadratic": "quadratic ka
 
 
 def read_outcomes(cv_dir: Path) -> Outcomes:
-    """Every fold's test predictions of one crossval folder, decided as served."""
+    """Every fold's test predictions of one crossval folder, decided as served; or the test
+    predictions of one run with a fixed held-out split (data.test_fraction)."""
+    if (cv_dir / "test_predictions.csv").is_file():
+        with (cv_dir / "test_predictions.csv").open(newline="", encoding="utf-8") as fh:
+            return outcomes_from_rows(list(csv.DictReader(fh)))
     folds = len([p for p in cv_dir.glob("fold*") if (p / "test_predictions.csv").is_file()])
     if not folds:
         raise SystemExit(f"{cv_dir}: no fold*/test_predictions.csv (run training.crossval first)")

@@ -106,7 +106,7 @@ def _probe_head(cfg: TrainConfig, setup, trainer, loader) -> None:
 
 def ensure_synthetic_data(cfg: TrainConfig) -> None:
     """Generate the synthetic APTOS-layout set once (preset "synthetic")."""
-    if cfg.data.preset != "synthetic":
+    if cfg.data.preset != "synthetic" or cfg.data.sources:
         return
     folder = Path(cfg.data.synthetic_dir)
     if (folder / "train.csv").is_file():

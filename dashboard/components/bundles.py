@@ -50,13 +50,23 @@ def is_grader(bundle: Bundle) -> bool:
 def graders(found: Discovery) -> list[Bundle]:
     """Gradable bundles, the default first: models trained on real photos that carry their own
     figures come before demo and unmeasured ones (a synthetic-only model must never be what a
-    clinician gets without choosing it), the stronger of them first; otherwise by name."""
+    clinician gets without choosing it), the stronger of them first: not near chance, then
+    measured on held-out photos (cross-validation or a held-out split) before those with
+    validation figures only, then the more held-out photos; otherwise by name."""
     def rank(b: Bundle) -> tuple:
         ev = b.manifest.evaluation
         measured = bool(ev.get("kappa_quadratic") is not None or (ev.get("referable") or {}))
-        return (b.manifest.demo or not measured, near_chance(ev), b.name)
+        return (b.manifest.demo or not measured, near_chance(ev), -held_out_photos(ev), b.name)
 
     return sorted((b for b in found.bundles if is_grader(b)), key=rank)
+
+
+def held_out_photos(evaluation: dict) -> int:
+    """Photos behind the bundle's largest held-out or cross-validated figure (0: none)."""
+    counts = [int(r.get("n_photos") or 0) for section in ("cross_validation", "held_out")
+              for r in ((evaluation.get(section) or {}).get("results") or {}).values()
+              if isinstance(r, dict)]
+    return max(counts, default=0)
 
 
 def bundle_label(bundle: Bundle) -> str:

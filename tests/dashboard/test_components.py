@@ -167,6 +167,26 @@ def test_the_default_grader_is_a_measured_model_trained_on_real_photos(tmp_path)
     assert names == ["z-real", "c-chance", "y-real-weak", "a-demo", "b-unmeasured"]
 
 
+def test_of_two_real_models_the_one_measured_on_more_held_out_photos_is_the_default(tmp_path):
+    """multisource-lite0 (481 held-out photos of three sets) before eyepacs-lite0 (a
+    cross-validation of 395 photos of one), whatever their names."""
+    from core.bundle import discover_bundles
+    from dashboard.components.bundles import graders, held_out_photos
+    from tests.helpers import make_tiny_bundle
+
+    measured = {"referable": {"auroc": 0.86}, "kappa_quadratic": 0.5}
+    cv = measured | {"cross_validation": {"results": {"cv": {
+        "n_photos": 395, "referable_auroc": {"value": 0.77}, "kappa_quadratic": {"value": 0.24}}}}}
+    held = measured | {"held_out": {"results": {"EyePACS": {"n_photos": 204},
+                                                "pooled": {"n_photos": 481}}}}
+    make_tiny_bundle(tmp_path, "a-one-set", demo=False, evaluation=cv)
+    make_tiny_bundle(tmp_path, "m-three-sets", demo=False, evaluation=held)
+    make_tiny_bundle(tmp_path, "b-validation-only", demo=False, evaluation=measured)
+    assert held_out_photos(held) == 481 and held_out_photos(measured) == 0
+    names = [b.name for b in graders(discover_bundles(tmp_path))]
+    assert names == ["m-three-sets", "a-one-set", "b-validation-only"]
+
+
 def test_licence_notice_only_for_bundles_that_carry_a_licence(monkeypatch):
     """A ViT tier started from this project's own MAE encoder holds no RETFound weights: no
     CC BY-NC caption for it; an imported-RETFound one keeps it."""

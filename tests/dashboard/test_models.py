@@ -119,3 +119,25 @@ def test_grade_rule_and_cut_points_are_worded_not_raw_keys():
     assert grade_rule(None).endswith("the most probable grade they allow")
     assert "cut points 0.561, 1.170, 2.800, 2.870" in grade_rule([0.5614323500852625, 1.17,
                                                                    2.8, 2.87])
+
+
+def test_the_default_grader_comes_first_and_its_table_says_how_it_was_measured(tmp_path,
+                                                                               monkeypatch):
+    """Seen in the browser: the default (multisource-lite0) sat below every demo bundle, in
+    name order. The page now lists bundles as the Grade page offers them, default first, and
+    the held-out table's heading says how that table was measured."""
+    measured = {"kappa_quadratic": 0.5, "referable": {"auroc": 0.86}}
+    what = "a held-out split of each source; quality gate off"
+    make_tiny_bundle(tmp_path, "a-demo", evaluation=EVALUATION)
+    make_tiny_bundle(tmp_path, "z-default", demo=False,
+                     evaluation=measured | {"held_out": {"what": what, "results": {}}})
+    monkeypatch.setenv("DR_MODELS_DIR", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [s.value for s in at.subheader][:2] == ["z-default 0.1 - Baseline CNN",
+                                                   "a-demo 0.1 - Baseline CNN"]
+    at_held = make_tiny_bundle(tmp_path / "other", "h", demo=False,
+                               evaluation=measured | HELD_OUT)
+    monkeypatch.setenv("DR_MODELS_DIR", str(at_held.path.parent))
+    text = all_text(AppTest.from_file(PAGE, default_timeout=TIMEOUT).run())
+    assert "**Held-out evaluation** (photos used for nothing else)" in text

@@ -29,9 +29,9 @@ from tests.e2e.browser_support import (
 pytestmark = pytest.mark.browser
 SAMPLES = REPO.parent / "shared" / "fundus_samples"
 # grade 0, 2 and 3 from patients outside ../shared/realdata (never trained on); grade 4 from a
-# patient whose photos are in the training data (no unseen grade-4 sample exists)
+# patient whose photos are in ../shared/realdata/eyepacs (no unseen grade-4 sample exists)
 PHOTOS = ("52_right.jpeg", "40_left.jpeg", "531_right.jpeg", "16_right.jpeg")
-DEFAULT = "eyepacs-lite0"
+DEFAULT = "multisource-lite0"  # trained on EyePACS, Messidor-2 and IDRiD (models/README.md)
 
 
 def _grades() -> dict[str, str]:
@@ -60,7 +60,7 @@ def test_default_bundle_on_real_photos(tmp_path):
             body = page.locator("body")
             selected = page.locator('[data-testid="stSelectbox"]').first.inner_html()
             assert f"{DEFAULT} {version} (Baseline CNN)" in selected  # the default bundle
-            assert "Trained on 395 EyePACS photos" in body.inner_text()
+            assert "real photos from 3 sets (EyePACS, Messidor-2, IDRiD)" in body.inner_text()
             assert "DEMO MODEL" not in body.inner_text()
             page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(
                 [str(SAMPLES / name)])

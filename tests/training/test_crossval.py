@@ -55,8 +55,8 @@ def test_folds_keep_a_patients_eyes_together_and_spread_each_grade():
 def test_eyepacs_preset_reads_kaggles_layout_and_splits_by_patient():
     records, summary = load_records(DataConfig(preset="eyepacs",
                                                csv=str(EYEPACS / "trainLabels.csv")))
-    assert summary["used"] == summary["rows"] == 395
-    assert np.bincount([r.grade for r in records]).tolist() == [285, 23, 48, 16, 23]
+    assert summary["used"] == summary["rows"] == 1021
+    assert np.bincount([r.grade for r in records]).tolist() == [767, 62, 145, 18, 29]
     by_id = {r.id: r for r in records}
     assert by_id["10_left"].patient == by_id["10_right"].patient == "10"
     tested = []
@@ -70,7 +70,7 @@ def test_eyepacs_preset_reads_kaggles_layout_and_splits_by_patient():
     train, selection, calibration = three_way_split(records, 0.15, 0.2, seed=0)
     parts = [{r.patient for r in part} for part in (train, selection, calibration)]
     assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-    assert len(train) + len(selection) + len(calibration) == 395
+    assert len(train) + len(selection) + len(calibration) == 1021
     assert all(any(r.grade >= REFERABLE_MIN_GRADE for r in part)
                for part in (selection, calibration))
 

@@ -32,6 +32,7 @@ def _write_preset(root: Path, preset: str, rows) -> DataConfig:
     images.mkdir(parents=True)
     for image_id, _ in rows:
         Image.fromarray(fundus_like(0, 96)).save(images / f"{image_id}{p.suffix}", format="PNG")
+    (root / p.csv).parent.mkdir(parents=True, exist_ok=True)  # IDRiD's CSV lies two folders down
     with open(root / p.csv, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow([p.id_column, p.label_column])

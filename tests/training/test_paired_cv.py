@@ -76,3 +76,17 @@ def test_command_prints_and_writes_the_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| referable AUROC |" in printed and "A - B (paired)" in printed
     assert out.read_text() == printed.rstrip("\n") + "\n"
+
+
+def test_a_held_out_run_reads_as_its_one_test_split(tmp_path):
+    """A run with a fixed held-out split (data.test_fraction) keeps test_predictions.csv at its
+    top: paired_cv reads that, the same photos as the folds joined."""
+    folds = _cv(tmp_path / "cv", noise=0.6)
+    single = tmp_path / "held-out"
+    single.mkdir()
+    lines = [(folds / "fold0" / "test_predictions.csv").read_text().splitlines()]
+    lines.append((folds / "fold1" / "test_predictions.csv").read_text().splitlines()[1:])
+    (single / "test_predictions.csv").write_text("\n".join(lines[0] + lines[1]) + "\n")
+    joined, direct = paired_cv.read_outcomes(folds), paired_cv.read_outcomes(single)
+    assert direct.ids == joined.ids and len(direct.ids) == 120
+    assert paired_cv.paired(direct, joined, reps=50)["referable_auroc"]["diff"]["value"] == 0

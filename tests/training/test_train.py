@@ -184,3 +184,19 @@ def test_early_stop_names_the_epoch_as_the_log_numbers_it(tmp_path, synthetic_ap
     assert len(result.history) == 2
     assert "epoch 2:" in out and "epoch 3:" not in out
     assert "early stopping after epoch 2:" in out, out[-1500:]
+
+
+def test_a_checkpoint_from_before_a_new_field_still_resumes():
+    """A field added since the checkpoint was written, left at its default, is no change; set
+    to another value, it is one (training.loop.Trainer.load_checkpoint)."""
+    from training.config import TrainConfig
+    from training.loop import config_changes, with_defaults
+
+    now = load_config(None, ["optim.lr=0.01"]).to_dict()
+    saved = json.loads(json.dumps(now))
+    del saved["optim"]["cpu_bf16"]
+    filled = with_defaults(saved, TrainConfig().to_dict())
+    assert config_changes(saved, now) == ["optim.cpu_bf16"]  # what a plain comparison says
+    assert config_changes(filled, now) == []
+    other = load_config(None, ["optim.lr=0.01", "optim.cpu_bf16=false"]).to_dict()
+    assert config_changes(filled, other) == ["optim.cpu_bf16"]
