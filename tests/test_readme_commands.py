@@ -177,7 +177,7 @@ def _plan(cmd: str) -> tuple[str, str]:
     if module == "training.crossval":
         return text, "5-fold cross-validation: about 30 minutes on 2 cores (README)"
     if module == "training.multi_source":
-        return text, ("trains four models on the 2,476 real photos (about 75 minutes on 2 cores, "
+        return text, ("trains four models on the 2,476 real photos (about 70 minutes on 2 cores, "
                       "models/README.md); tests/training/test_multi_source.py runs it on "
                       "stand-in folders in the three layouts")
     if module in ("training.operating_rules", "training.patient_level", "training.paired_cv"):

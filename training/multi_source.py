@@ -40,10 +40,10 @@ from training.crossval import BOOTSTRAP_REPS, bootstrap, fold_done, outcomes_fro
 from training.datasets import LabelledImage, load_records
 
 POOLED = "pooled"
-WHAT = ("photos used for neither training, epoch choice nor calibration (a fixed held-out split "
-        "of each source; leave-one-source-out rows: the whole source, never seen); quality gate "
-        "off, every decodable photo; grades as served; 95% bootstrap intervals over patients / "
-        "examinations")
+WHAT = ("photos used for neither training, epoch choice nor calibration: a fixed held-out split "
+        "of each set, and for the leave-one-set-out rows the whole of a set the model never saw; "
+        "quality gate off, every decodable photo; grades as served; 95% bootstrap intervals over "
+        "patients / examinations")
 
 
 def set_name(source: str) -> str:
