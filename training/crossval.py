@@ -139,8 +139,13 @@ FOLD_NEUTRAL_KEYS = ("version",)
 
 def fold_done(cfg: TrainConfig) -> bool:
     run_dir = Path(cfg.out_dir) / cfg.run_name
-    saved = run_dir / "config.yaml"
-    if not (run_dir / "test_predictions.csv").is_file() or not saved.is_file():
+    return (run_dir / "test_predictions.csv").is_file() and same_recipe(cfg)
+
+
+def same_recipe(cfg: TrainConfig) -> bool:
+    """Whether the run folder's saved config.yaml is this recipe (`version` aside)."""
+    saved = Path(cfg.out_dir) / cfg.run_name / "config.yaml"
+    if not saved.is_file():
         return False
     try:  # read through the config class, so a field added since (at its default) is no change
         previous = load_config(saved).to_dict()

@@ -36,7 +36,14 @@ import numpy as np
 from core.bundle import load_bundle
 from core.errors import DRError
 from training.config import TrainConfig, load_config
-from training.crossval import BOOTSTRAP_REPS, bootstrap, fold_done, outcomes_from_rows, table
+from training.crossval import (
+    BOOTSTRAP_REPS,
+    bootstrap,
+    fold_done,
+    outcomes_from_rows,
+    same_recipe,
+    table,
+)
 from training.datasets import LabelledImage, load_records
 
 POOLED = "pooled"
@@ -78,7 +85,9 @@ def train_if_needed(cfg: TrainConfig, *, progress: bool) -> float | None:
         print(f"{cfg.run_name}: already trained ({Path(cfg.out_dir) / cfg.run_name})", flush=True)
         return None
     start = time.monotonic()
-    run(cfg, resume=True, progress=progress)  # a killed run continues from its last epoch
+    # a killed run of this recipe continues from its last epoch; another recipe's folder is
+    # trained over from the start
+    run(cfg, resume=same_recipe(cfg), progress=progress)
     seconds = round(time.monotonic() - start, 1)
     print(f"{cfg.run_name}: trained in {seconds:.0f} s", flush=True)
     return seconds

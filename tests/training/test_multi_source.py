@@ -149,3 +149,20 @@ def test_a_config_without_sources_is_one_clear_error(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"data": {"preset": "eyepacs", "csv": "x.csv"}}))
     assert main(["--config", str(path)]) == 2
     assert "needs data.sources and data.test_fraction" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_and_another_recipes_folder_starts_over(tmp_path, monkeypatch):
+    """Seen when the shipped recipe turned bf16 off: the leave-one-set-out folders of the bf16
+    recipe held checkpoints of other settings, and resuming them was refused."""
+    from training.config import load_config, save_config
+
+    calls: list[bool] = []
+    monkeypatch.setattr("training.run.run", lambda cfg, resume, progress: calls.append(resume))
+    cfg = load_config(None, [f"out_dir={tmp_path}", "run_name=r", "optim.lr=0.01"])
+    multi_source.train_if_needed(cfg, progress=False)  # nothing there yet: a fresh start
+    (tmp_path / "r").mkdir()
+    save_config(cfg, tmp_path / "r" / "config.yaml")  # killed after it started
+    multi_source.train_if_needed(cfg, progress=False)
+    other = load_config(None, [f"out_dir={tmp_path}", "run_name=r", "optim.lr=0.02"])
+    multi_source.train_if_needed(other, progress=False)
+    assert calls == [False, True, False]
