@@ -93,11 +93,14 @@ def _ci(values: list[float], reps: int) -> list[float] | None:
 def report(a_dir: Path, b_dir: Path, reps: int = BOOTSTRAP_REPS) -> str:
     a, b = read_outcomes(a_dir), read_outcomes(b_dir)
     result = paired(a, b, reps)
-    lines = [f"# Paired cross-validation: A = {a_dir}, B = {b_dir}", "",
+    held_out = (a_dir / "test_predictions.csv").is_file()  # a run's fixed held-out split
+    title, where = (("held-out split", "on the held-out test split, each photo decided by its "
+                     "run's rule") if held_out else
+                    ("cross-validation", "out of fold, each photo decided by its own fold's rule"))
+    lines = [f"# Paired {title}: A = {a_dir}, B = {b_dir}", "",
              f"{len(a.ids)} photos ({int((a.grade >= 2).sum())} referable), "
-             f"{len(set(a.patients))} patients; out of fold, each photo decided by its own "
-             f"fold's rule; 95% intervals: bootstrap over patients, {reps} resamples, the same "
-             "patients for A and B.", "",
+             f"{len(set(a.patients))} patients; {where}; 95% intervals: bootstrap over "
+             f"patients, {reps} resamples, the same patients for A and B.", "",
              "| metric | A | B | A - B (paired) |", "|---|---|---|---|"]
     for key, label in LABELS.items():
         r = result[key]

@@ -90,3 +90,6 @@ def test_a_held_out_run_reads_as_its_one_test_split(tmp_path):
     joined, direct = paired_cv.read_outcomes(folds), paired_cv.read_outcomes(single)
     assert direct.ids == joined.ids and len(direct.ids) == 120
     assert paired_cv.paired(direct, joined, reps=50)["referable_auroc"]["diff"]["value"] == 0
+    text = paired_cv.report(single, single, reps=20)
+    assert text.startswith("# Paired held-out split:") and "out of fold" not in text
+    assert paired_cv.report(folds, folds, reps=20).startswith("# Paired cross-validation:")
