@@ -7,7 +7,7 @@ For each input size, on the same model and the same random batch, timed round-ro
 noise hits every column alike (median of --repeats):
 - plain: fp32, NCHW: a training step as written before the fast path (the reference);
 - channels_last: fp32, channels_last model and input;
-- fast path: what `training.loop.Trainer` runs under `optim.cpu_fast: true`, channels_last and
+- fast path: what `training.trainer.loop.Trainer` runs under `optim.cpu_fast: true`, channels_last and
   bf16 autocast where `cpu_has_native_bf16()` (loss in fp32, as the loop computes it).
 A step is forward + cross-entropy + backward + AdamW. Columns are images/s and the ratio to plain.
 """
@@ -23,7 +23,7 @@ import numpy as np
 import timm
 import torch
 
-from training.loop import cpu_has_native_bf16
+from training.trainer.loop import cpu_has_native_bf16
 
 MODES = {"plain": (False, False), "channels_last": (True, False), "fast path": (True, True)}
 

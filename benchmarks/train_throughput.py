@@ -11,7 +11,7 @@ For each tier, in the same run and on the same model:
 - plain: fp32, a Dataset that decodes the original PNG and resizes it every step (what the
   seed documents' trainers did), same batch size and workers.
 The cache build time is reported on its own (it is paid once). `--lora-epochs E` also times a
-whole LoRA fine-tune end to end through `training.run` (cache build included).
+whole LoRA fine-tune end to end through `training.trainer.run` (cache build included).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from core.archs.lora import RETFoundLoRA
 from core.archs.retfound import build_retfound_vit
 from core.devices import resolve_device
 from core.preprocessing import PreprocessSpec
-from training.config import DataConfig
-from training.data import CachedFundusDataset, EpochSampler
-from training.datasets import load_records
-from training.image_cache import build_cache
+from training.trainer.config import DataConfig
+from training.trainer.data import CachedFundusDataset, EpochSampler
+from training.trainer.datasets import load_records
+from training.trainer.image_cache import build_cache
 
 SMALL = {"baseline": "resnet18", "vit": dict(embed_dim=192, depth=6, num_heads=3)}
 FULL = {"baseline": "resnet50", "vit": dict(embed_dim=1024, depth=24, num_heads=16)}
@@ -199,8 +199,8 @@ def _print(rows, args, device, cache_s, n) -> None:
 
 
 def _time_lora_finetune(args, data_dir: Path) -> None:
-    from training.config import load_config
-    from training.run import run as train_run
+    from training.trainer.config import load_config
+    from training.trainer.run import run as train_run
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"

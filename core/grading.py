@@ -316,7 +316,7 @@ def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
 def headline_figures(evaluation: dict) -> tuple[float | None, float | None]:
     """(referable AUROC, quadratic kappa) a bundle is judged by: its own recipe's cross-
     validation on photos used for neither training nor calibration when it carries one
-    (training.crossval), else its validation figures."""
+    (training.evaluation.crossval), else its validation figures."""
     results = (evaluation.get("cross_validation") or {}).get("results") or {}
     own = next(iter(results.values()), None)
     if isinstance(own, dict):

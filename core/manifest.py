@@ -31,7 +31,7 @@ class CalibrationSpec:
     referable_threshold: float = 0.5  # on p(grade >= 2)
     vision_threatening_threshold: float = 0.5  # on p(grade >= 3)
     grade_thresholds: tuple[float, ...] | None = None  # ordinal: 4 cut points on E[grade]
-    # ordinal: severe NPDR vs PDR by the more probable of the two (training.operating_rules)
+    # ordinal: severe NPDR vs PDR by the more probable of the two (training.evaluation.operating_rules)
     vt_grade_by_probability: bool = False
     # fitted on logits averaged over the photo and its mirror image, so served that way too
     flip_tta: bool = False

@@ -64,6 +64,35 @@ def package_graph(package_dir: Path, root: Path) -> dict[str, set[str]]:
             for name, path in modules.items()}
 
 
+def project_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the project's modules it imports (at run time), over every top-level folder
+    with Python files (core, dashboard, training, benchmarks, tests, ...): an import circle
+    between packages is found as well as one inside a package."""
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                     and any(d.rglob("*.py")))
+    modules = {module_name(p, root): p for d in folders for p in sorted(d.rglob("*.py"))}
+    return {name: {m for m in imports_of(path, root, runtime_only=True)
+                   if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def package_of(module: str, depth: int) -> str:
+    """training.evaluation.crossval -> training.evaluation (depth 2); a module directly in the
+    top package (training.train_lora) stands for that package."""
+    parts = module.split(".")
+    return ".".join(parts[:depth]) if len(parts) > depth else ".".join(parts[:depth - 1])
+
+
+def collapse(graph: dict[str, set[str]], depth: int) -> dict[str, set[str]]:
+    """The graph of packages `depth` names deep: a -> b when a module of a imports one of b."""
+    out: dict[str, set[str]] = {}
+    for src, targets in graph.items():
+        a = package_of(src, depth)
+        out.setdefault(a, set()).update(b for b in (package_of(t, depth) for t in targets)
+                                        if b != a)
+    return out
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import cycle as [a, b, ..., a], or None (iterative DFS, white/grey/black)."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done

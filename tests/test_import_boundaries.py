@@ -44,8 +44,8 @@ def test_checker_resolves_relative_and_hidden_imports(tmp_path):
     views.mkdir(parents=True)
     page = views / "page.py"
     page.write_text("from . import widgets\nfrom ..state import session\n"
-                    "def run():\n    from training.run import main\n    return main\n")
+                    "def run():\n    from training.trainer.run import main\n    return main\n")
     assert imports_of(page, tmp_path) == {"dashboard.views", "dashboard.views.widgets",
                                           "dashboard.state", "dashboard.state.session",
-                                          "training.run", "training.run.main"}
+                                          "training.trainer.run", "training.trainer.run.main"}
     assert _imported_roots(page, tmp_path) & FORBIDDEN["dashboard"] == {"training"}

@@ -14,13 +14,14 @@ Stand-ins, where a README command names data that cannot exist in CI:
   real folder has hundreds of full-size photos; `../shared` beside the sandbox is this stand-in).
 Appended settings, where the exact text would train for minutes to hours:
 - training commands get TINY_TRAIN (`--set`, one epoch, small inputs) after their own text;
-  `training.hpo` also `--trials 2`; `training.pretrain_mae` gets TINY_MAE and 8 synthetic photos
-  (a 2-block 64-d encoder), whose checkpoint the README's next commands then read;
-- `training.crossval` (5 folds, about 30 minutes on 2 cores by the README's own account) and
-  `training.multi_source` (four models on the three real sets) are skipped with that reason;
-  tests/training/test_crossval.py and test_multi_source.py run them on tiny data. So are
-  `training.operating_rules`, `training.patient_level` and `training.paired_cv`, which read
-  those folds (tests/training/test_operating_rules.py, test_patient_level.py, test_paired_cv.py).
+  `training.tuning.hpo` also `--trials 2`; `training.pretraining.pretrain_mae` gets TINY_MAE and
+  8 synthetic photos (a 2-block 64-d encoder), whose checkpoint the README's next commands read;
+- `training.evaluation.crossval` (5 folds, about 30 minutes on 2 cores by the README's own
+  account) and `training.evaluation.multi_source` (four models on the three real sets) are
+  skipped with that reason; tests/training/evaluation/test_crossval.py and test_multi_source.py
+  run them on tiny data. So are `training.evaluation.operating_rules`, `.patient_level` and
+  `.paired_cv`, which read those folds (tests/training/evaluation/test_operating_rules.py,
+  test_patient_level.py, test_paired_cv.py).
 Not run: `pip install -r requirements.txt` (.ci/run runs exactly it before this suite; a test
 must not reinstall the environment under test; checked below that .ci/run does) and
 `python -m pytest` (it is this suite).
@@ -74,8 +75,8 @@ COMMANDS = readme_commands(README.read_text(encoding="utf-8"))
 def test_readme_has_the_commands_the_issue_names():
     joined = "\n".join(COMMANDS)
     for needle in ("streamlit run dashboard/app.py", "python -m core.screening FOLDER",
-                   "python -m training.train_", "python -m training.export",
-                   "python -m training.evaluate_cross_dataset", "python -m pytest"):
+                   "python -m training.train_", "python -m training.interchange.export",
+                   "python -m training.evaluation.evaluate_cross_dataset", "python -m pytest"):
         assert needle in joined, f"README no longer has a command with {needle!r}"
 
 
@@ -174,17 +175,19 @@ def _plan(cmd: str) -> tuple[str, str]:
     module = _module(text)
     if module == "pytest":
         return text, "the test suite itself: .ci/run runs exactly this command"
-    if module == "training.crossval":
+    if module == "training.evaluation.crossval":
         return text, "5-fold cross-validation: about 30 minutes on 2 cores (README)"
-    if module == "training.multi_source":
+    if module == "training.evaluation.multi_source":
         return text, ("trains four models on the 2,476 real photos (about 70 minutes on 2 cores, "
-                      "models/README.md); tests/training/test_multi_source.py runs it on "
+                      "models/README.md); tests/training/evaluation/test_multi_source.py runs it on "
                       "stand-in folders in the three layouts")
-    if module in ("training.operating_rules", "training.patient_level", "training.paired_cv"):
+    if module in ("training.evaluation.operating_rules", "training.evaluation.patient_level",
+                  "training.evaluation.paired_cv"):
+        package, name = module.rsplit(".", 1)
         return text, ("reads the folds of the cross-validation above (skipped here); "
-                      f"tests/training/test_{module.split('.')[1]}.py runs this command on "
+                      f"tests/{package.replace('.', '/')}/test_{name}.py runs this command on "
                       "tiny folds")
-    if module == "training.pretrain_mae":  # the tiny encoder, one epoch on 8 synthetic photos
+    if module == "training.pretraining.pretrain_mae":  # the tiny encoder, one epoch on 8 synthetic photos
         flags = " ".join(f"--set {shlex.quote(s)}" for s in TINY_MAE)
         return f"{text} --source synthetic:8 {flags}", ""
     if module.startswith("training.") and "--config" in text:
@@ -192,7 +195,7 @@ def _plan(cmd: str) -> tuple[str, str]:
         if "baseline" in text:
             extra.append(TINY_CNN_INPUT)
         flags = " ".join(f"--set {shlex.quote(s)}" for s in extra)
-        if module == "training.hpo":
+        if module == "training.tuning.hpo":
             flags = "--trials 2 " + flags
         return f"{text} {flags}", ""
     return text, ""
@@ -256,10 +259,10 @@ def _check_output(text: str, box: Path, stdout: str) -> None:
     module = _module(text)
     if module == "core.screening":
         assert "8 files, 8 results" in stdout, stdout
-    elif module == "training.export":
+    elif module == "training.interchange.export":
         out = re.search(r"--out\s+(\S+)", text).group(1)
         assert (box / out).is_file()
-    elif module == "training.import_retfound":
+    elif module == "training.interchange.import_retfound":
         out = re.search(r"--out\s+(\S+)", text).group(1)
         assert (box / out / "manifest.json").is_file()
     elif module.startswith("training.train_"):

@@ -5,12 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m training.train_baseline --config training/configs/demo_baseline.yaml "$@"
 # The ViT tiers start from an encoder MAE-pretrained here (about 46 min on 2 cores):
-python -m training.pretrain_mae --config training/configs/mae_demo.yaml
-python -m training.import_retfound runs/mae-demo/mae_pretrained.pth --out models/mae-demo-encoder
+python -m training.pretraining.pretrain_mae --config training/configs/mae_demo.yaml
+python -m training.interchange.import_retfound runs/mae-demo/mae_pretrained.pth --out models/mae-demo-encoder
 # ...then feature distillation from demo-baseline on 4,000 synthetic + the EyePACS photos, unlabelled
 # (about 50 min at 800 steps), the start of both ViT tiers since session 10:
 python -m core.synthetic aptos data/synthetic-train4k --n 4000 --seed 0 --size 384 --workers 2
-python -m training.distill_encoder --teacher models/demo-baseline --student models/mae-demo-encoder \
+python -m training.pretraining.distill_encoder --teacher models/demo-baseline --student models/mae-demo-encoder \
     --photos data/synthetic-train4k/train_images --photos ../shared/realdata/eyepacs/train \
     --steps 800 --out models/distilled-demo-encoder
 python -m training.train_retfound --config training/configs/demo_retfound.yaml "$@"

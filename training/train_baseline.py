@@ -2,7 +2,7 @@
 
 import sys
 
-from training.run import main
+from training.trainer.run import main
 
 if __name__ == "__main__":
     sys.exit(main("baseline"))

@@ -36,7 +36,7 @@ class TrainingStart:
     training). `base` is the bundle that `model.checkpoint_path` names when it is a bundle
     folder; `base_model` / `base_weights` load its verified model / tensors on demand."""
 
-    model: Any  # training.config.ModelConfig
+    model: Any  # training.trainer.config.ModelConfig
     input_size: int
     freeze_epochs: int = 0
     base: Any | None = None  # core.bundle.Bundle
@@ -66,9 +66,9 @@ class Tier:
     layer_prefix: str = ""  # where the base's layer names sit inside the served module
     staged: bool = False  # trains in stages: frozen parameters are unfrozen later
     licence_notice: str | None = None  # shown wherever its bundles are listed
-    search: tuple[str, ...] = DEFAULT_SEARCH  # hyper-parameters training.hpo may search
-    lr_range: tuple[float, float] = (1e-5, 1e-3)  # training.hpo's log-uniform lr range
-    dropout_key: str = "model.dropout_rate"  # the config key training.hpo's "dropout" sets
+    search: tuple[str, ...] = DEFAULT_SEARCH  # hyper-parameters training.tuning.hpo may search
+    lr_range: tuple[float, float] = (1e-5, 1e-3)  # training.tuning.hpo's log-uniform lr range
+    dropout_key: str = "model.dropout_rate"  # the config key training.tuning.hpo's "dropout" sets
 
     # -- memory format and explanations -------------------------------------------------------
     def channels_last(self, arch: str) -> bool:

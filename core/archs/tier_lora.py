@@ -70,7 +70,8 @@ class LoraTier(Tier):
 
         if start.base is None:
             raise ConfigError("LoRA training needs model.checkpoint_path = a base bundle folder "
-                              "(import a RETFound .pth first with python -m training.import_retfound)")
+                              "(import a RETFound .pth first with python -m "
+                              "training.interchange.import_retfound)")
         m = start.model
         vit = training_vit(start, reuse_base=True)
         explanation = vit_explanation(vit)  # the base's layer names (explain_layer adds .vit)

@@ -88,7 +88,7 @@ def confusion_figure(cm: list[list[int]]) -> go.Figure:
 
 
 def reliability_figure(rel: dict[str, list]) -> go.Figure:
-    """Top-class confidence vs accuracy per bin (training.metrics.reliability_bins keys)."""
+    """Top-class confidence vs accuracy per bin (training.common.metrics.reliability_bins keys)."""
     conf, acc, count = rel.get("confidence", []), rel.get("accuracy", []), rel.get("count", [])
     pts = [(c, a, n) for c, a, n in zip(conf, acc, count or [None] * len(conf), strict=False)
            if c is not None and a is not None]
@@ -146,7 +146,7 @@ CV_COLUMNS = (("referable_auroc", "referable AUROC"), ("kappa_quadratic", "quadr
 
 def cross_validation_rows(evaluation: dict[str, Any], section: str = "cross_validation",
                           first: str = "model") -> list[dict[str, str]]:
-    """training.crossval's table (or, section "held_out", evaluate_cross_dataset --attach's):
+    """training.evaluation.crossval's table (or, section "held_out", evaluate_cross_dataset --attach's):
     value (95% interval) per row, photos used for neither training, epoch choice nor
     calibration."""
     results = (evaluation.get(section) or {}).get("results") or {}

@@ -45,8 +45,8 @@ def test_importing_the_project_leaves_the_environment_alone():
     """The project's own variables (torch and OpenCV set some of theirs when imported)."""
     code = ("import os; from core.settings import ENV_NAMES; "
             "before = {n: os.environ.get(n) for n in ENV_NAMES}; "
-            "import core.archs.baseline, core.predict, core.screening, training.run, "
-            "training.logs, training.distributed; "
+            "import core.archs.baseline, core.predict, core.screening, training.trainer.run, "
+            "training.trainer.logs, training.trainer.distributed; "
             "after = {n: os.environ.get(n) for n in ENV_NAMES}; assert after == before, after")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "WANDB_MODE")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,

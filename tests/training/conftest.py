@@ -45,7 +45,7 @@ def save_tiny_baseline_bundle(folder: Path, preprocessing, *, seed: int = 0,
     from core.archs.tiers import get_tier
     from core.bundle import save_model_bundle
     from core.manifest import Manifest, Provenance, WeightsSpec
-    from training.config import ModelConfig
+    from training.trainer.config import ModelConfig
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
