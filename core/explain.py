@@ -295,7 +295,7 @@ def _target_label(target: int | str, k: int | None, method: str) -> tuple[str, i
     if target == "referable":
         return "referable (grades 2-4)", None
     if target == "predicted":
-        return f"grade {k} (predicted)", k
+        return f"grade {k} (most probable)", k  # the argmax: may differ from the decided grade
     return f"grade {k}", k
 
 

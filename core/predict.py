@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,9 @@ from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, decode_mi
 from core.quality import QualityReport, assess
 from core.records import PredictionSettings
 from core.settings import current as current_settings
+
+DECIDED = "decided"  # Predictor.explain's default target: the grade predict() decides
+UNGRADABLE_LABEL = "grade {k} (most probable; ungradable photo, no grade decided)"
 
 
 @dataclass(frozen=True)
@@ -181,17 +184,44 @@ class Predictor:
         return torch.softmax(self.logits(batch) / temperature, dim=1).numpy().astype(np.float64)
 
     def explain(self, prepared: PreparedImage, method: str | None = None,
-                target: int | str = "predicted", layer: str | None = None) -> Explanation:
+                target: int | str = DECIDED, layer: str | None = None, *,
+                prediction: Prediction | None = None) -> Explanation:
         """Heatmap for one prepared photo with the bundle's default layer and method.
+
+        Explains, by default, the grade `predict()` gives this photo (operating rule and grade
+        cut points applied): `prediction.grade` when given, else decided here the same way.
+        Why: the argmax class can differ from the decided grade, and a map of another grade
+        than the one reported misleads. The label says which: "grade 2 (decided)". An
+        ungradable photo has no decided grade: its map explains the most probable class and
+        its label says the photo was ungradable. Other targets: "predicted" (the argmax
+        class), "referable" (grades 2-4), or a grade 0-4.
 
         Runs in fp32 under the model's lock with this bundle's adapter active (LoRA), on the
         fp32 model even when grades come from the int8 copy (gradients need it).
         """
         spec = self.manifest.explanation
         layer = self.tier.explain_layer(layer or spec.target_layer)
+        label = None
+        if target == DECIDED:
+            target, label = self._decided_target(prepared, prediction)
         with self.loaded.use() as model:
-            return explain(model, prepared.pre.tensor.unsqueeze(0), method=method or spec.method,
-                           target=target, layer=layer, arch=spec.arch)[0]
+            exp = explain(model, prepared.pre.tensor.unsqueeze(0), method=method or spec.method,
+                          target=target, layer=layer, arch=spec.arch)[0]
+        if label is None or exp.target_class is None:  # a class-agnostic method says so itself
+            return exp
+        return replace(exp, target=label.format(k=exp.target_class))
+
+    def _decided_target(self, prepared: PreparedImage, prediction: Prediction | None
+                        ) -> tuple[int | str, str]:
+        """(what core.explain targets, the label's pattern) for the decided grade."""
+        if prediction is None:
+            prediction = self.predict_prepared([prepared])[0]
+        elif (prediction.model, prediction.version) != (self.manifest.name, self.manifest.version):
+            raise ValueError(f"prediction is from {prediction.model} {prediction.version}, not "
+                             f"{self.manifest.name} {self.manifest.version}")
+        if prediction.grade is None:
+            return "predicted", UNGRADABLE_LABEL
+        return prediction.grade, "grade {k} (decided)"
 
     def settings(self) -> PredictionSettings:
         """What each result records: preprocessing and thresholds in force."""

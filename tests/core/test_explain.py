@@ -117,7 +117,7 @@ def test_predicted_target_is_the_argmax_and_other_targets_differ() -> None:
     pred = explain(model, x, target="predicted", layer="0")[0]
     same = explain(model, x, target=k, layer="0")[0]
     other = explain(model, x, target=(k + 1) % 5, layer="0")[0]
-    assert pred.target_class == k and pred.target == f"grade {k} (predicted)"
+    assert pred.target_class == k and pred.target == f"grade {k} (most probable)"
     assert np.array_equal(pred.heatmap, same.heatmap) and same.target == f"grade {k}"
     assert not np.array_equal(pred.heatmap, other.heatmap)
     ref = explain(model, x, target="referable", layer="0")[0]
