@@ -25,7 +25,7 @@ from training.pretraining.mae.config import load_mae_config
 from training.pretraining.mae.engine import FINAL, Pretrainer
 from training.trainer.distributed import init_distributed, shutdown
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def pretrain(cfg, *, resume: str | bool = False, stop_after: int | None = None,

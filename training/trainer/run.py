@@ -28,7 +28,7 @@ from training.trainer.loop import StepHook, Trainer, eval_loader, make_loaders
 from training.trainer.splits import held_out_metrics, make_splits, score_splits
 from training.trainer.tiers import build_setup
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
