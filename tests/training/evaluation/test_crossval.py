@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from core.grading import REFERABLE_MIN_GRADE
+from tests.training.conftest import tiny_overrides
 from training.evaluation import bootstrap, crossval
 from training.trainer.config import DataConfig, load_config
 from training.trainer.datasets import (
@@ -21,8 +22,6 @@ from training.trainer.datasets import (
     split_cv_fold,
     three_way_split,
 )
-
-from tests.training.conftest import tiny_overrides
 
 EYEPACS = Path(__file__).resolve().parents[3].parent / "shared" / "realdata" / "eyepacs"
 
