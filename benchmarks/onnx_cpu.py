@@ -129,19 +129,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--size", type=int, default=512)
-    p.add_argument("--workers", type=int, default=None,
-                   help="screening's decode processes (default: screen()'s own default)")
+    p.add_argument("--workers", type=int, nargs="+", default=[None],
+                   help="screening's decode processes, one table row pair per value "
+                        "(default: screen()'s own default)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--skip-screening", action="store_true")
+    p.add_argument("--skip-single", action="store_true")
     args = p.parse_args(argv)
     bundle = load_bundle(args.model)
     data = three_mp_jpeg(args.photo)
     machine = (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
                f"torch threads {torch.get_num_threads()}")
-    rows = one_photo(bundle, data, args.repeats)
+    if not args.skip_single:
+        single(bundle, data, machine, args.repeats)
+    if args.skip_screening:
+        return
+    screening_table(bundle, args)
+
+
+def single(bundle: Bundle, data: bytes, machine: str, repeats: int) -> None:
+    rows = one_photo(bundle, data, repeats)
     print(f"\nOne 2048x1536 JPEG ({len(data) // 1024} KB) -> decision, {bundle.name} "
-          f"{bundle.manifest.version}, {machine}, median of {args.repeats}:\n")
+          f"{bundle.manifest.version}, {machine}, median of {repeats}:\n")
     print("| path | ms |\n|---|---|")
     for name, ms in rows:
         print(f"| {name} | {ms:.1f} |")
@@ -150,20 +160,28 @@ def main(argv: list[str] | None = None) -> None:
           f"PyTorch: {rows[1][1] / rows[0][1]:.1f}x faster end to end, "
           f"{rows[5][1] / rows[4][1]:.1f}x for the model alone. "
           f"Load average {os.getloadavg()[0]:.1f}.")
-    if args.skip_screening:
-        return
-    rates = screening(bundle, args.n, args.size, args.workers, args.rounds, args.batch_size)
-    workers = args.workers if args.workers is not None else "default"
-    print(f"\nBatch screening, {args.n} synthetic {args.size} px JPEGs, {bundle.name}, workers "
-          f"{workers}, batch {args.batch_size}, {args.rounds} rounds interleaved:\n")
-    print("| engine | photos/s (median) | rounds | vs PyTorch |\n|---|---|---|---|")
-    eager = statistics.median(rates["pytorch"])
-    for engine, label in (("pytorch", "PyTorch eager (DR_CPU_ONNX=0)"),
-                          ("onnxruntime", "ONNX Runtime")):
-        r = statistics.median(rates[engine])
-        print(f"| {label} | {r:.1f} | {', '.join(f'{x:.1f}' for x in rates[engine])} | "
-              f"{r / eager:.1f}x |")
+
+
+def screening_table(bundle: Bundle, args: argparse.Namespace) -> None:
+    print(f"\nBatch screening, {args.n} synthetic {args.size} px JPEGs, {bundle.name}, batch "
+          f"{args.batch_size}, {args.rounds} round(s), engines interleaved:\n")
+    print("| engine | workers | photos/s (median) | rounds | vs PyTorch, same workers |\n"
+          "|---|---|---|---|---|")
+    for workers in args.workers:
+        rates = screening(bundle, args.n, args.size, workers, args.rounds, args.batch_size)
+        eager = statistics.median(rates["pytorch"])
+        label = workers if workers is not None else f"default ({screen_default_workers()})"
+        for engine, name in (("pytorch", "PyTorch eager (DR_CPU_ONNX=0)"),
+                             ("onnxruntime", "ONNX Runtime")):
+            r = statistics.median(rates[engine])
+            print(f"| {name} | {label} | {r:.1f} | "
+                  f"{', '.join(f'{x:.1f}' for x in rates[engine])} | {r / eager:.1f}x |",
+                  flush=True)
     print(f"\nLoad average {os.getloadavg()[0]:.1f} at the end.")
+
+
+def screen_default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 if __name__ == "__main__":
