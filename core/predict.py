@@ -3,6 +3,8 @@
 Quality is assessed before the model runs: a rejected photo gets no grade (ungradable is a
 result in its own right). Probabilities are temperature-calibrated; grade, flags, urgency and
 review reasons come from one call of core.grading.decide (operating thresholds first).
+Logits come from ONNX Runtime on the CPU where the bundle carries a verified graph
+(core.onnx_engine), else from PyTorch; each result's settings name the engine.
 """
 
 from __future__ import annotations
@@ -215,7 +217,8 @@ class Predictor:
         """Heatmap for one prepared photo with the bundle's default layer and method.
 
         Runs in fp32 under the model's lock with this bundle's adapter active (LoRA), on the
-        fp32 model even when grades come from the int8 copy (gradients need it).
+        PyTorch fp32 model even when grades come from the int8 copy or ONNX Runtime (gradients
+        need it).
         """
         spec = self.manifest.explanation
         layer = self.tier.explain_layer(layer or spec.target_layer)
