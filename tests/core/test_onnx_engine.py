@@ -146,3 +146,30 @@ def test_the_graph_is_cached_once_beside_the_model(graph_bundle):
     grader = cache.get_onnx(a.bundle)
     assert grader.threads == max(1, torch.get_num_threads())
     assert cache.total_bytes() >= grader.nbytes
+
+
+def test_the_setting_reads_one_or_zero(monkeypatch):
+    from core.errors import ConfigError
+
+    for raw, want in (("", True), ("1", True), ("0", False), ("off", False)):
+        monkeypatch.setenv("DR_CPU_ONNX", raw)
+        assert settings.current().cpu_onnx is want
+    monkeypatch.setenv("DR_CPU_ONNX", "maybe")
+    with pytest.raises(ConfigError, match="DR_CPU_ONNX"):
+        settings.current()
+
+
+def test_training_keeps_a_bundle_whose_graph_fails_its_check(tmp_path, monkeypatch, capsys):
+    """training.finalize attaches the graph with attach_or_warn: a failed check leaves the
+    bundle without a graph (graded with PyTorch) and says so, never a lost training run."""
+    from training import export as export_mod
+
+    bundle = make_tiny_bundle(tmp_path, "trained")
+
+    def failing(*args, **kwargs):
+        raise export_mod.ExportCheckError("max abs diff 1 > tolerance 1e-4")
+
+    monkeypatch.setattr(export_mod, "attach_onnx", failing)
+    kept = export_mod.attach_or_warn(bundle)
+    assert kept.manifest.onnx is None and "no ONNX graph written" in capsys.readouterr().err
+    assert _predictor(kept).engine == "pytorch"
