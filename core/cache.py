@@ -99,6 +99,14 @@ class ModelCache:
                                    size_of=lambda _m: int8_nbytes(fp32.module))
         return LoadedModel(bundle, module, fp32.device)
 
+    def get_onnx(self, bundle: Bundle):
+        """The bundle's verified ONNX graph in an ONNX Runtime session (core.onnx_engine),
+        cached beside its PyTorch model; a BundleError says why it cannot be used."""
+        from core.onnx_engine import load_grader
+
+        return self._get_or_load(("onnx", bundle.key), lambda: load_grader(bundle),
+                                 size_of=lambda grader: grader.nbytes)
+
     def total_bytes(self) -> int:
         with self._lock:
             return sum(size for _, size in self._entries.values())

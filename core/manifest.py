@@ -52,6 +52,22 @@ class WeightsSpec:
 
 
 @dataclass(frozen=True)
+class OnnxSpec:
+    """The bundle's ONNX graph (same logits as the PyTorch model, dynamic batch axis): its file,
+    sha256 (verified before ONNX Runtime loads it), and what it was exported from and checked
+    against. `weights_sha256` / `base_sha256` name the weights (and a LoRA bundle's base weights)
+    the graph was exported from: a graph left behind by weights written later is not used."""
+
+    file: str
+    sha256: str
+    weights_sha256: str
+    base_sha256: str | None = None
+    opset: int = 18
+    max_abs_diff: float = 0.0  # ONNX Runtime vs PyTorch logits, checked when written
+    outputs: tuple[str, ...] = ("logits",)  # graph outputs in order; the first is grade logits
+
+
+@dataclass(frozen=True)
 class Provenance:
     """Where the model came from, so a result can be traced to data and config."""
 
@@ -82,6 +98,7 @@ class Manifest:
     base_bundle: str | None = None  # LoRA: folder name of the base bundle beside this one
     license: str | None = None
     outputs: tuple[str, ...] = ("icdr_grade",)  # "dme" only if the model really predicts it
+    onnx: OnnxSpec | None = None  # the same grader as an ONNX graph (CPU grading, core.onnx_engine)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

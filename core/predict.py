@@ -3,10 +3,13 @@
 Quality is assessed before the model runs: a rejected photo gets no grade (ungradable is a
 result in its own right). Probabilities are temperature-calibrated; grade, flags, urgency and
 review reasons come from one call of core.grading.decide (operating thresholds first).
+Logits come from ONNX Runtime on the CPU where the bundle carries a verified graph
+(core.onnx_engine), else from PyTorch; each result's settings name the engine.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +25,7 @@ from core.devices import autocast_for
 from core.errors import BundleError
 from core.explain import Explanation, explain
 from core.images import decode_image
+from core.onnx_engine import ONNXRUNTIME, PYTORCH, tell_once
 from core.preprocessing import FieldFit, Preprocessed, PreprocessSpec, decode_min_side, preprocess
 from core.quality import QualityReport, assess
 from core.records import PredictionSettings
@@ -123,6 +127,7 @@ class Predictor:
         self.int8 = cpu_int8 and self.device.type == "cpu" and self.tier.int8
         if self.int8:
             self.cache.get_int8(bundle)
+        self.engine = self._choose_engine()
         cal = self.manifest.calibration
         self.thresholds = cal.thresholds()
         self.near_chance = grading.near_chance(self.manifest.evaluation)
@@ -133,6 +138,24 @@ class Predictor:
         """The fp32 model. Not kept on the Predictor: pages keep Predictors for days, and a
         held model is one the cache's memory bound can neither count nor free."""
         return self.cache.get(self.bundle, str(self.device))
+
+    def _choose_engine(self) -> str:
+        """ONNX Runtime where it applies: the CPU, fp32 (int8 stays PyTorch's dynamic int8),
+        DR_CPU_ONNX on, and a graph that loads and verifies; else PyTorch, saying why once."""
+        if self.device.type != "cpu" or self.int8:
+            return PYTORCH
+        if not current_settings().cpu_onnx:
+            tell_once(self.bundle, "DR_CPU_ONNX=0", level=logging.INFO)
+            return PYTORCH
+        if self.manifest.onnx is None:
+            tell_once(self.bundle, "the bundle carries no ONNX graph", level=logging.INFO)
+            return PYTORCH
+        try:
+            self.cache.get_onnx(self.bundle)
+        except BundleError as exc:
+            tell_once(self.bundle, str(exc))
+            return PYTORCH
+        return ONNXRUNTIME
 
     @property
     def grader(self) -> LoadedModel:
@@ -163,15 +186,24 @@ class Predictor:
         started = list(started) if started is not None else [time.perf_counter()] * len(items)
         gradable = [i for i, it in enumerate(items) if it.quality.gradable]
         probs: dict[int, np.ndarray] = {}
+        engines: dict[int, str] = {}  # what graded each photo (a failed graph: PyTorch after)
         for lo in range(0, len(gradable), self.max_batch):
             chunk = gradable[lo:lo + self.max_batch]
             batch = torch.stack([items[i].pre.tensor for i in chunk])
             for i, p in zip(chunk, self.probabilities(batch), strict=True):
-                probs[i] = p
-        return [self._result(it, probs.get(i), started[i]) for i, it in enumerate(items)]
+                probs[i], engines[i] = p, self.engine
+        return [self._result(it, probs.get(i), started[i], engines.get(i, self.engine))
+                for i, it in enumerate(items)]
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw logits (fp32, on the CPU) for a normalised batch; flip TTA averages logits."""
+        if self.engine == ONNXRUNTIME:
+            try:
+                onnx = self.cache.get_onnx(self.bundle)
+                return onnx.flip_averaged(batch) if self.tta else onnx(batch)
+            except Exception as exc:  # never a failed grade: PyTorch from here on
+                self.engine = PYTORCH
+                tell_once(self.bundle, f"ONNX Runtime failed ({type(exc).__name__}: {exc})")
         x = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda" and self.tier.channels_last(self.manifest.explanation.arch):
             x = x.contiguous(memory_format=torch.channels_last)
@@ -197,7 +229,8 @@ class Predictor:
         class), "referable" (grades 2-4), or a grade 0-4.
 
         Runs in fp32 under the model's lock with this bundle's adapter active (LoRA), on the
-        fp32 model even when grades come from the int8 copy (gradients need it).
+        PyTorch fp32 model even when grades come from the int8 copy or ONNX Runtime (gradients
+        need it).
         """
         spec = self.manifest.explanation
         layer = self.tier.explain_layer(layer or spec.target_layer)
@@ -223,8 +256,8 @@ class Predictor:
             return "predicted", UNGRADABLE_LABEL
         return prediction.grade, "grade {k} (decided)"
 
-    def settings(self) -> PredictionSettings:
-        """What each result records: preprocessing and thresholds in force."""
+    def settings(self, engine: str | None = None) -> PredictionSettings:
+        """What each result records: preprocessing, thresholds and the engine in force."""
         cal = self.manifest.calibration
         cuts = None if cal.grade_thresholds is None else tuple(cal.grade_thresholds)
         return PredictionSettings(
@@ -233,12 +266,14 @@ class Predictor:
             vision_threatening_threshold=cal.vision_threatening_threshold,
             grade_thresholds=cuts, tta=self.tta, device=str(self.device),
             bundle_key=self.bundle.key, cpu_int8=self.int8,
-            vt_grade_by_probability=cal.vt_grade_by_probability)
+            vt_grade_by_probability=cal.vt_grade_by_probability,
+            engine=engine or self.engine)
 
-    def _result(self, item: PreparedImage, probs: np.ndarray | None, start: float) -> Prediction:
+    def _result(self, item: PreparedImage, probs: np.ndarray | None, start: float,
+                engine: str | None = None) -> Prediction:
         m = self.manifest
         common = dict(quality=item.quality, model=m.name, version=m.version, field=item.pre.field,
-                      settings=self.settings())
+                      settings=self.settings(engine))
         if probs is None:
             return Prediction(None, None, None, None, None, None, None, latency_ms=_ms(start),
                               decision=grading.ungradable(not_fundus=item.quality.not_fundus),

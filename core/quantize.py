@@ -6,6 +6,8 @@ x86/fbgemm kernels, AVX2) about halve it. Only the grade uses the int8 copy: exp
 gradients and keep running on the fp32 model. The classifier head stays fp32, because the
 bundle's temperature and thresholds were fitted on its logits. Opt-in (DR_CPU_INT8=1 or
 Predictor(cpu_int8=True)); agreement with fp32 is measured in benchmarks/single_photo.py.
+Where it applies it wins over ONNX Runtime (core.onnx_engine, fp32 graphs only): the grade
+then comes from this int8 copy on PyTorch, and results record engine "pytorch", cpu_int8 True.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class PredictionSettings:
     bundle_key: str
     cpu_int8: bool = False
     vt_grade_by_probability: bool = False  # severe NPDR vs PDR by the more probable
+    engine: str = "pytorch"  # what computed the logits: "pytorch" or "onnxruntime"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

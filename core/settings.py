@@ -30,12 +30,13 @@ DB_PATH_ENV = "DR_DB_PATH"
 SCREEN_ROOTS_ENV = "DR_SCREEN_ROOTS"
 CACHE_MB_ENV = "DR_MODEL_CACHE_MB"
 CPU_INT8_ENV = "DR_CPU_INT8"
+CPU_ONNX_ENV = "DR_CPU_ONNX"
 HUB_OFFLINE_ENV = "HF_HUB_OFFLINE"
 WANDB_MODE_ENV = "WANDB_MODE"
 WORLD_SIZE_ENV = "WORLD_SIZE"  # set by torchrun
 LOCAL_RANK_ENV = "LOCAL_RANK"  # set by torchrun
 ENV_NAMES = (MODELS_DIR_ENV, DB_PATH_ENV, SCREEN_ROOTS_ENV, CACHE_MB_ENV, CPU_INT8_ENV,
-             HUB_OFFLINE_ENV, WANDB_MODE_ENV, WORLD_SIZE_ENV, LOCAL_RANK_ENV)
+             CPU_ONNX_ENV, HUB_OFFLINE_ENV, WANDB_MODE_ENV, WORLD_SIZE_ENV, LOCAL_RANK_ENV)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Settings:
     screen_roots: tuple[Path, ...] = ()  # server folders Batch screening may read
     model_cache_mb: int = DEFAULT_CACHE_MB  # memory bound of the shared model cache
     cpu_int8: bool = False  # ViT tiers grade with dynamic int8 on the CPU
+    cpu_onnx: bool = True  # CPU grading on ONNX Runtime where a bundle carries a verified graph
     hub_downloads: bool = False  # timm may download weights (only with HF_HUB_OFFLINE=0)
     wandb_mode: str = "offline"  # W&B logging mode when --wandb is on
     world_size: int = 1  # torchrun processes
@@ -61,6 +63,7 @@ class Settings:
             screen_roots=parse_roots(env.get(SCREEN_ROOTS_ENV, "")),
             model_cache_mb=_int(env, CACHE_MB_ENV, DEFAULT_CACHE_MB),
             cpu_int8=env.get(CPU_INT8_ENV, "") == "1",
+            cpu_onnx=_flag(env, CPU_ONNX_ENV, True),
             hub_downloads=env.get(HUB_OFFLINE_ENV, "1") == "0",
             wandb_mode=env.get(WANDB_MODE_ENV) or "offline",
             world_size=_int(env, WORLD_SIZE_ENV, 1),
@@ -71,6 +74,18 @@ class Settings:
 def parse_roots(raw: str) -> tuple[Path, ...]:
     """os.pathsep-separated folders, empty entries skipped, ~ expanded."""
     return tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip())
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """1/0 (also true/false, on/off, yes/no); unset or empty: the default."""
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    if raw in ("0", "false", "off", "no"):
+        return False
+    raise ConfigError(f"{name}={env[name]!r} is not 1 or 0; unset it or give e.g. {name}=0")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

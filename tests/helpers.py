@@ -103,3 +103,13 @@ def _lora_host(vit):
 
     return RETFoundLoRA.from_model(vit, 5, lora_r=4, lora_alpha=8, lora_dropout=0.0,
                                    head_dropout=0.0)
+
+
+def decision_fields(prediction) -> dict:
+    """Every discrete field of a prediction's decision (grade, flags, urgency, review reasons,
+    not-fundus, and any added later, e.g. DME): what must not change between engines."""
+    import dataclasses
+
+    d = prediction.decision
+    return {f.name: getattr(d, f.name) for f in dataclasses.fields(d)
+            if not isinstance(getattr(d, f.name), float)}

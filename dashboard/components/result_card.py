@@ -154,11 +154,14 @@ def settings_rows(prediction: Prediction) -> dict[str, str]:
                                              if s.vt_grade_by_probability else "")),
         "Test-time augmentation": str(s.tta), "Device": s.device,
         "CPU int8 grading (DR_CPU_INT8)": str(s.cpu_int8),
+        "Graded with (DR_CPU_ONNX)": ENGINE_WORDS.get(s.engine, s.engine),
         "Latency (decode to result)": f"{prediction.latency_ms:.0f} ms",
     }
 
 
 DECIDED_BY = "flags at the operating thresholds, then "
+ENGINE_WORDS = {"onnxruntime": "ONNX Runtime (the bundle's verified ONNX graph)",
+                "pytorch": "PyTorch"}
 
 
 def _cuts(cuts) -> str:

@@ -70,5 +70,8 @@ def test_default_bundle_on_real_photos(tmp_path):
             wait_idle(page)
             text = card.inner_text()
             assert "Guideline:" in text
+            card.get_by_text("Model, preprocessing and thresholds used").first.click()
+            card.get_by_text("Graded with (DR_CPU_ONNX)").first.wait_for(timeout=10_000)
+            assert "ONNX Runtime (the bundle's verified ONNX graph)" in card.inner_text()
             shot(page, tmp_path, f"grade_real_{Path(name).stem}_g{grades[name]}")
         browser.close()

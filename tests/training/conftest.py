@@ -23,6 +23,7 @@ def tiny_overrides(data_dir: Path, cache_dir: Path, out_dir: Path, tier: str) ->
         "data.num_workers=0", "data.val_fraction=0.25", f"out_dir={out_dir}",
         "preprocessing.input_size=64", "optim.batch_size=8", "optim.warmup_epochs=0.5",
         "optim.patience=50", "optim.clip_grad=1.0", "tensorboard=false", "demo=true",
+        "onnx=false",  # the graph's export has tests of its own (test_export.py)
     ]
     if tier == "baseline":
         return common + ["model.name=resnet10t", "optim.lr=2e-3", "optim.freeze_epochs=1"]

@@ -2,6 +2,7 @@
 
     python -m training.interchange.export --checkpoint models/demo-baseline --format onnx --out model.onnx \
         [--opset 18] [--dynamic-batch]
+    python -m training.export --checkpoint models/demo-baseline --attach   # graph into the bundle
 
 Why a parity check: an exported graph that silently differs (an op lowered differently, a
 folded constant gone wrong) would grade differently from the dashboard. The export is only
@@ -18,6 +19,11 @@ The model's input is the preprocessed, normalised NCHW float32 tensor (core.prep
 field crop, resize, normalise happen outside the graph); its output is raw logits. The sidecar
 JSON (`<out>.onnx.json`) carries the manifest's preprocessing, temperature and operating thresholds
 so a consumer can reproduce the dashboard's probabilities and referral decisions.
+
+`--attach` (and every bundle training writes, `onnx: true`) puts the graph inside the bundle
+instead (`model.onnx`, dynamic batch axis, same parity check) and records it in the manifest
+(`onnx`: file, sha256, the weights it came from, the measured difference); core.onnx_engine
+grades with it on the CPU. The weights and their sha256 are left as they are.
 """
 
 from __future__ import annotations
@@ -33,8 +39,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.bundle import Bundle, build_bundle_model, load_bundle, sha256_file, tier_of
+from core.bundle import (
+    MANIFEST_FILE,
+    Bundle,
+    base_of,
+    build_bundle_model,
+    load_bundle,
+    sha256_file,
+    tier_of,
+)
 from core.errors import BundleError, ConfigError, DRError
+from core.manifest import OnnxSpec
 from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE, RETFOUND_LICENSE_NOTICE
 
 DEFAULT_OPSET = 18  # the torch.export-based exporter's lowest native opset
@@ -42,6 +57,7 @@ MIN_OPSET = 13
 DEFAULT_RTOL = 1e-4
 SIDECAR_FORMAT = "dr-screening-onnx/1"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+BUNDLE_GRAPH_FILE = "model.onnx"
 
 
 class ExportCheckError(DRError):
@@ -71,7 +87,7 @@ class ParityCheck:
 @dataclass(frozen=True)
 class ExportResult:
     onnx_path: Path
-    sidecar_path: Path
+    sidecar_path: Path | None
     check: ParityCheck
     opset: int
     exporter: str
@@ -90,7 +106,7 @@ def exportable_model(bundle: Bundle) -> nn.Module:
 
 def export_onnx(bundle: Bundle | str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = False, rtol: float = DEFAULT_RTOL,
-                seed: int = 0) -> ExportResult:
+                seed: int = 0, sidecar: bool = True) -> ExportResult:
     """Export, verify with ONNX Runtime, write the sidecar. Raises ExportCheckError on mismatch
     (the .onnx file is removed so that it cannot be used by mistake)."""
     if opset < MIN_OPSET:
@@ -112,8 +128,41 @@ def export_onnx(bundle: Bundle | str | Path, out: str | Path, *, opset: int = DE
             f"{check.max_abs_diff:.3g} > tolerance {check.tolerance:.3g}. The file was removed; "
             "try another --opset (e.g. 17 for the TorchScript exporter) or report the model.")
     actual_opset = _onnx_opset(out)
-    sidecar = write_sidecar(bundle, out, check, actual_opset, exporter, dynamic_batch)
-    return ExportResult(out, sidecar, check, actual_opset, exporter)
+    side = (write_sidecar(bundle, out, check, actual_opset, exporter, dynamic_batch) if sidecar
+            else None)
+    return ExportResult(out, side, check, actual_opset, exporter)
+
+
+def attach_onnx(bundle: Bundle | str | Path, *, opset: int = DEFAULT_OPSET,
+                rtol: float = DEFAULT_RTOL) -> Bundle:
+    """Write the bundle's grader as `model.onnx` (dynamic batch) into its folder, verified
+    against PyTorch, and record it in manifest.json (nothing else in the manifest changes).
+    Raises ExportCheckError (no graph recorded) when ONNX Runtime disagrees."""
+    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    result = export_onnx(bundle, bundle.path / BUNDLE_GRAPH_FILE, opset=opset,
+                         dynamic_batch=True, rtol=rtol, sidecar=False)
+    import onnx
+
+    graph = onnx.load(str(result.onnx_path), load_external_data=False).graph
+    base = base_of(bundle).manifest.weights.sha256 if tier_of(bundle).needs_base else None
+    spec = OnnxSpec(file=BUNDLE_GRAPH_FILE, sha256=sha256_file(result.onnx_path),
+                    weights_sha256=bundle.manifest.weights.sha256, base_sha256=base,
+                    opset=result.opset, max_abs_diff=result.check.max_abs_diff,
+                    outputs=tuple(o.name for o in graph.output))
+    manifest = dataclasses.replace(bundle.manifest, onnx=spec)
+    (bundle.path / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+    return Bundle(bundle.path, manifest)
+
+
+def attach_or_warn(bundle: Bundle) -> Bundle:
+    """attach_onnx for the trainers: a graph that fails its check is left out (the bundle
+    then grades with PyTorch) and said on stderr, never a lost training run."""
+    try:
+        return attach_onnx(bundle)
+    except DRError as exc:
+        print(f"warning: {bundle.name}: no ONNX graph written ({exc}); it grades with "
+              "PyTorch", file=sys.stderr)
+        return bundle
 
 
 def check_onnx(onnx_path: str | Path, model: nn.Module, inputs: torch.Tensor, *,
@@ -240,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True,
                         help="bundle folder (e.g. models/demo-baseline)")
     parser.add_argument("--format", choices=["onnx"], default="onnx")
-    parser.add_argument("--out", required=True, help="output .onnx path (sidecar: <out>.onnx.json)")
+    parser.add_argument("--out", help="output .onnx path (sidecar: <out>.onnx.json)")
+    parser.add_argument("--attach", action="store_true",
+                        help="write the graph into the bundle (model.onnx, dynamic batch) and "
+                             "record it in its manifest: the CPU then grades with ONNX Runtime")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET}; < 18 uses the TorchScript "
                              "exporter)")
@@ -248,6 +300,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
                         help="parity tolerance relative to the logits' scale")
     args = parser.parse_args(argv)
+    if args.attach == bool(args.out):
+        parser.error("give either --out FILE or --attach")
+    if args.attach:
+        try:
+            bundle = attach_onnx(args.checkpoint, opset=args.opset, rtol=args.rtol)
+        except DRError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        spec = bundle.manifest.onnx
+        print(f"attached {bundle.path / spec.file} (opset {spec.opset}, sha256 "
+              f"{spec.sha256[:16]}...); ONNX Runtime vs PyTorch max abs diff "
+              f"{spec.max_abs_diff:.3g}: OK")
+        return 0
     try:
         result = export_onnx(args.checkpoint, args.out, opset=args.opset,
                              dynamic_batch=args.dynamic_batch, rtol=args.rtol)

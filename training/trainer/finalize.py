@@ -110,7 +110,12 @@ def write_bundle(cfg: TrainConfig, setup: TierSetup, run_dir: Path, calibration:
         license=setup.license)
     card = model_card(manifest, metrics, data_summary, distilled_from=distilled,
                       started_from=start_note(cfg))
-    return setup.export(out, manifest, card)
+    bundle = setup.export(out, manifest, card)
+    if not cfg.onnx:
+        return bundle
+    from training.interchange.export import attach_or_warn
+
+    return attach_or_warn(bundle)  # the CPU grades with it (core.onnx_engine)
 
 
 def start_note(cfg: TrainConfig) -> str:

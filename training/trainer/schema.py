@@ -202,6 +202,7 @@ class TrainConfig:
     # score the best epoch (calibration, thresholds, cut points, card figures) on the photo and
     # its mirror image averaged; the bundle records it and is served the same way
     flip_tta: bool = False
+    onnx: bool = True  # the bundle also carries its ONNX graph, checked against PyTorch
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

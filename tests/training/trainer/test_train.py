@@ -161,15 +161,17 @@ def test_flip_tta_run_calibrates_on_mirrored_logits_and_says_so(tmp_path, synthe
     it so the Predictor serves the way the temperature and thresholds were fitted."""
     two = ("optim.epochs=2", "optim.freeze_epochs=0")
     plain = run(_cfg(tmp_path / "a", synthetic_aptos, "baseline", *two), progress=False)
-    flip = run(_cfg(tmp_path / "b", synthetic_aptos, "baseline", *two, "flip_tta=true"),
-               progress=False)
+    flip = run(_cfg(tmp_path / "b", synthetic_aptos, "baseline", *two, "flip_tta=true",
+                    "onnx=true"), progress=False)  # and its bundle carries its graph
     a, b = load_bundle(plain.bundle.path).manifest, load_bundle(flip.bundle.path).manifest
     assert a.weights.sha256 == b.weights.sha256
     assert (a.calibration.flip_tta, b.calibration.flip_tta) == (False, True)
     assert a.calibration.temperature != b.calibration.temperature
     assert "flip test-time averaging" in (flip.bundle.path / "MODEL_CARD.md").read_text()
     assert "flip test-time averaging" not in (plain.bundle.path / "MODEL_CARD.md").read_text()
-    assert Predictor(load_bundle(flip.bundle.path), "cpu", cache=ModelCache()).tta is True
+    served = Predictor(load_bundle(flip.bundle.path), "cpu", cache=ModelCache())
+    assert served.tta is True and served.engine == "onnxruntime"
+    assert a.onnx is None and b.onnx.weights_sha256 == b.weights.sha256
 
 
 def test_early_stop_names_the_epoch_as_the_log_numbers_it(tmp_path, synthetic_aptos, capsys,
