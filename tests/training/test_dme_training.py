@@ -12,6 +12,7 @@ import yaml
 
 from core.bundle import load_bundle
 from core.predict import Predictor
+from tests.training.conftest import tiny_overrides
 from tests.training.test_multi_source import IDRID_IMAGES, IDRID_LABELS, _graded, _write
 from training.dme import masked_dme_loss, positive_weight
 from training.multi_source import main
@@ -134,10 +135,8 @@ def test_a_dme_head_without_dme_labels_fails_before_training(tmp_path, synthetic
     from training.config import load_config
     from training.run import run
 
-    cfg = load_config(None, [f"data.data_dir={synthetic_aptos}", "model.name=resnet10t",
-                             "model.dme_head=true", f"out_dir={tmp_path}", "optim.epochs=1",
-                             "preprocessing.input_size=64", f"data.cache_dir={tmp_path}/c",
-                             "tensorboard=false"])
+    overrides = tiny_overrides(synthetic_aptos, tmp_path / "c", tmp_path, "baseline")
+    cfg = load_config(None, overrides + ["model.dme_head=true", "optim.epochs=1"])
     with pytest.raises(ConfigError, match="DME"):
         run(cfg, progress=False)
     assert not list(tmp_path.rglob("checkpoint.pt"))
