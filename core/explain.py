@@ -173,7 +173,20 @@ class _ReferableTarget:
                 "target='referable' needs the 5 ICDR grades; "
                 f"the model has {out.shape[-1]} outputs."
             )
-        return torch.softmax(out, dim=-1)[..., 2:5].sum(dim=-1)
+        return torch.softmax(out[..., :5], dim=-1)[..., 2:5].sum(dim=-1)  # a 6th logit: DME
+
+
+DME_LOGIT = 5  # a DME bundle's model returns the 5 grade logits, then its DME head's logit
+
+
+class _DmeTarget:
+    """The DME head's logit (a 6th output); a clear error for a model without one."""
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        if out.shape[-1] <= DME_LOGIT:
+            raise ConfigError("target='dme' needs a bundle with a DME output; this model has "
+                              f"{out.shape[-1]} outputs.")
+        return out[..., DME_LOGIT]
 
 
 def _hook_snapshot(model: nn.Module) -> dict[tuple[int, str], set[int]]:
@@ -286,6 +299,8 @@ def _classes(target: int | str, logits: torch.Tensor) -> list[int | None]:
         return [int(k) for k in logits.argmax(dim=-1).tolist()]
     if target == "referable":
         return [None] * logits.shape[0]
+    if target == "dme":
+        return [DME_LOGIT] * logits.shape[0]
     return [int(target)] * logits.shape[0]
 
 
@@ -294,6 +309,8 @@ def _target_label(target: int | str, k: int | None, method: str) -> tuple[str, i
         return "class-agnostic", None
     if target == "referable":
         return "referable (grades 2-4)", None
+    if target == "dme":
+        return "DME (macular oedema output)", None
     if target == "predicted":
         return f"grade {k} (most probable)", k  # the argmax: may differ from the decided grade
     return f"grade {k}", k
@@ -304,9 +321,11 @@ def _cam_targets(target: int | str, batch_size: int) -> list | None:
         return None  # pytorch-grad-cam takes the argmax of the same forward
     if target == "referable":
         return [_ReferableTarget() for _ in range(batch_size)]
+    if target == "dme":
+        return [_DmeTarget() for _ in range(batch_size)]
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         return [_ClassTarget(int(target)) for _ in range(batch_size)]
-    raise ConfigError(f"target={target!r}; use a class index, 'predicted' or 'referable'.")
+    raise ConfigError(f"target={target!r}; use a class index, 'predicted', 'referable' or 'dme'.")
 
 
 def explain(

@@ -9,15 +9,17 @@ The rule of `decide()` (issue 12): the flags are decided first, at the bundle's 
 thresholds (chosen on validation for sensitivity), because they are what a screening programme
 acts on: vision-threatening if P(grade >= 3) reaches its threshold, referable if P(grade >= 2)
 reaches its threshold or the photo is vision-threatening. The flags then fix the band the grade
-must lie in (vtDR: 3-4; referable: 2; neither: 0-1; while no bundle has a DME output, referable
-is exactly grade >= 2 and vtDR exactly grade >= 3). Inside that band an argmax bundle takes the
-most probable grade; an ordinal bundle (cut points on the expected grade, tuned for kappa) takes
-its cut-point grade moved to the nearest grade of the band, so where the two rules agree nothing
-changes; an ordinal bundle with `vt_grade_by_probability` takes the more probable of severe NPDR
-and PDR inside the vtDR band (its 3/4 cut point rested on a handful of calibration photos and
-served "PDR, probability 5%" beside 70% on severe NPDR). Urgency and guideline text are then
-functions of that one grade, so they cannot contradict it. A result is flagged for human review
-when it is fragile (see `decide`).
+must lie in (vtDR: 3-4; referable: 2; neither: 0-1). Inside that band an argmax bundle takes
+the most probable grade; an ordinal bundle (cut points on the expected grade, tuned for kappa)
+takes its cut-point grade moved to the nearest grade of the band, so where the two rules agree
+nothing changes; an ordinal bundle with `vt_grade_by_probability` takes the more probable of
+severe NPDR and PDR inside the vtDR band (its 3/4 cut point rested on a handful of calibration
+photos and served "PDR, probability 5%" beside 70% on severe NPDR). A bundle with a DME output
+adds one more flag: DME at its own threshold makes the photo referable whatever the grade
+(CLINICAL.md: referable = grade >= 2 and/or DME); it never moves the grade, and it does not make
+a photo vision-threatening, because no bundle can tell centre involvement (DME_SCOPE). Urgency
+and guideline text are then functions of that one grade and DME, so they cannot contradict
+them. A result is flagged for human review when it is fragile (see `decide`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ REFERABLE_MIN_GRADE = 2  # "more than mild" (mtmDR): grade >= 2 and/or DME
 VISION_THREATENING_MIN_GRADE = 3  # vtDR: grade >= 3 and/or centre-involving DME
 DEMO_REVIEW_REASON = "demo model: trained on synthetic images only"
 DME_NOT_ASSESSED = "DME: not assessed (this model has no macular-oedema output)"
+# What a DME output can and cannot tell (issue 33): Messidor-2's adjudicated DME and IDRiD's
+# risk 2 are both "hard exudates within one disc diameter of the fovea", not centre involvement
+DME_SCOPE = ("DME = hard exudates within one disc diameter of the fovea (photographic); "
+             "centre involvement is not assessed, so DME makes an eye referable, "
+             "not vision-threatening")
 
 
 class Urgency(IntEnum):
@@ -156,8 +163,19 @@ _UNGRADABLE = {
 }
 
 
-def follow_up(grade: int | None, programme: str = PROGRAMMES[0], *, gradable: bool = True) -> Guidance:
-    """Follow-up guidance. "Rescreen" applies only to a gradable, negative result."""
+_US_DME_ACTION = ("Guideline: refer to an ophthalmologist promptly (macular oedema suggested; "
+                  "ADA: any macular oedema is referred).")
+_UK_M1_ACTION = ("Guideline: routine referral to hospital eye service, to be seen within 13 "
+                 "weeks (M1 maculopathy).")
+_UK_DME_CAVEAT = ("ICDR-to-NHS mapping is approximate (ICDR 1-2 ~ R1, 3 ~ R2, 4 ~ R3A); M0/M1 "
+                  "comes from the model's DME output (exudates near the fovea), not from "
+                  "graded maculopathy features.")
+
+
+def follow_up(grade: int | None, programme: str = PROGRAMMES[0], *, gradable: bool = True,
+              dme: bool | None = None) -> Guidance:
+    """Follow-up guidance. "Rescreen" applies only to a gradable, negative result; a DME
+    result (True/False; None: not assessed) refers a grade 0-2 eye as macular oedema."""
     if programme not in PROGRAMMES:
         raise ValueError(f"Unknown programme {programme!r}; choose one of {PROGRAMMES}")
     if not gradable or grade is None:
@@ -165,9 +183,24 @@ def follow_up(grade: int | None, programme: str = PROGRAMMES[0], *, gradable: bo
     if not 0 <= grade <= 4:
         raise ValueError(f"ICDR grade must be 0-4, got {grade}")
     if programme == PROGRAMMES[0]:
+        if dme and grade < VISION_THREATENING_MIN_GRADE:
+            return Guidance(programme, f"{GRADE_NAMES[grade]} with DME", _US_DME_ACTION)
         return Guidance(programme, GRADE_NAMES[grade], _US_ACTIONS[grade])
     r_grade = _UK_R_GRADE[grade]
-    return Guidance(programme, r_grade, _UK_ACTIONS[r_grade], _UK_CAVEAT)
+    if dme is None:
+        return Guidance(programme, r_grade, _UK_ACTIONS[r_grade], _UK_CAVEAT)
+    category = f"{r_grade} M{int(dme)}"
+    action = _UK_M1_ACTION if dme and r_grade in ("R0", "R1") else _UK_ACTIONS[r_grade]
+    return Guidance(programme, category, action, _UK_DME_CAVEAT)
+
+
+def dme_statement(p_dme: float | None, dme: bool | None, threshold: float | None) -> str:
+    """The card's DME line: yes / no with its probability and threshold, or not assessed."""
+    if p_dme is None or dme is None or threshold is None:
+        return DME_NOT_ASSESSED
+    shown_p, shown_t = format_against(p_dme, threshold)
+    verdict = "yes - refer" if dme else "no"
+    return f"DME: {verdict} (p {shown_p}, threshold {shown_t})"
 
 
 # ---------------------------------------------------------------- the decision
@@ -189,13 +222,14 @@ class Thresholds:
     grade_cuts: tuple[float, ...] | None = None  # ordinal bundles: 4 cut points on E[grade]
     # ordinal bundles: severe NPDR vs PDR by the more probable of the two, not by the cut point
     vt_grade_by_probability: bool = False
+    dme: float | None = None  # on p(DME); None: the bundle has no DME output
 
 
 @dataclass(frozen=True)
 class Decision:
     """One photo's result. Invariants (tested): vtDR implies referable; referable iff
-    grade >= 2; vtDR iff grade >= 3; urgency and guidance follow the grade; no grade, no flags
-    when ungradable."""
+    grade >= 2 or DME; vtDR iff grade >= 3; urgency and guidance follow the grade and DME; no
+    grade, no flags when ungradable. dme is None when the bundle has no DME output."""
 
     grade: int | None
     referable: bool | None
@@ -204,10 +238,16 @@ class Decision:
     confidence: float | None  # probability of the decided grade
     review_reasons: tuple[str, ...] = ()
     not_fundus: bool = False
+    dme: bool | None = None
 
     @property
     def gradable(self) -> bool:
         return self.grade is not None
+
+    @property
+    def referable_for_dme_only(self) -> bool:
+        """Referable on macular oedema alone (grade 0-1): the headline must say why."""
+        return bool(self.dme) and self.grade is not None and self.grade < REFERABLE_MIN_GRADE
 
     @property
     def review(self) -> bool:
@@ -217,10 +257,12 @@ class Decision:
     def headline(self) -> str:
         if self.not_fundus:
             return NOT_FUNDUS_HEADLINE
+        if self.referable_for_dme_only:
+            return DME_HEADLINE
         return HEADLINES[self.urgency]
 
     def guidance(self, programme: str = PROGRAMMES[0]) -> Guidance:
-        return follow_up(self.grade, programme, gradable=self.gradable)
+        return follow_up(self.grade, programme, gradable=self.gradable, dme=self.dme)
 
 
 HEADLINES = {
@@ -230,6 +272,9 @@ HEADLINES = {
     Urgency.MILD: "Not referable (mild NPDR suggested)",
     Urgency.NONE: "Not referable (no DR suggested)",
 }
+
+
+DME_HEADLINE = "Referable: macular oedema suggested - review for referral"
 
 
 def ungradable(*, not_fundus: bool = False) -> Decision:
@@ -274,7 +319,8 @@ def _near_threshold(label: str, p: float, threshold: float, margin: float) -> st
 
 def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
            quality_level: str = "good", near_chance: bool = False, demo: bool = False,
-           margin: float = REVIEW_MARGIN, min_confidence: float = REVIEW_CONFIDENCE) -> Decision:
+           margin: float = REVIEW_MARGIN, min_confidence: float = REVIEW_CONFIDENCE,
+           p_dme: float | None = None) -> Decision:
     """The one decision for a gradable photo (rule in the module docstring).
 
     Review reasons: a probability within `margin` of an operating threshold, the decided grade's
@@ -303,14 +349,27 @@ def decide(probs: Sequence[float], thresholds: Thresholds = Thresholds(), *,
                                        thresholds.vision_threatening, margin))
     if p[grade] < min_confidence:
         reasons.append(f"low confidence in the grade ({p[grade]:.2f} < {min_confidence:.2f})")
+    dme = _dme_flag(p_dme, thresholds.dme)
+    if dme is not None and abs(p_dme - thresholds.dme) < margin:
+        reasons.append(_near_threshold("p(DME)", p_dme, thresholds.dme, margin))
     if quality_level == "usable":
         reasons.append("photo quality only usable (some quality problems)")
     if near_chance:
         reasons.append("model near chance on its own validation data")
     if demo:
         reasons.append(DEMO_REVIEW_REASON)
-    urgency = urgency_of(grade, gradable=True)
-    return Decision(grade, ref, vt, urgency, p[grade], tuple(reasons))
+    ref = ref or bool(dme)
+    urgency = urgency_of(grade, gradable=True, referable=ref, vision_threatening=vt)
+    return Decision(grade, ref, vt, urgency, p[grade], tuple(reasons), dme=dme)
+
+
+def _dme_flag(p_dme: float | None, threshold: float | None) -> bool | None:
+    """DME at the bundle's own threshold; None (not assessed) without an output or threshold."""
+    if p_dme is None or threshold is None:
+        return None
+    if not (math.isfinite(p_dme) and 0.0 <= p_dme <= 1.0):
+        raise ValueError(f"p(DME) must be a probability, got {p_dme}")
+    return p_dme >= threshold
 
 
 def headline_figures(evaluation: dict) -> tuple[float | None, float | None]:

@@ -35,12 +35,17 @@ class CalibrationSpec:
     vt_grade_by_probability: bool = False
     # fitted on logits averaged over the photo and its mirror image, so served that way too
     flip_tta: bool = False
+    # DME output (manifest outputs lists "dme"): its own temperature and threshold, fitted on
+    # the calibration split for sensitivity first; None where the bundle has no DME output
+    dme_temperature: float = 1.0
+    dme_threshold: float | None = None
 
     def thresholds(self) -> Thresholds:
         """The operating rule core.grading.decide serves with."""
         cuts = None if self.grade_thresholds is None else tuple(self.grade_thresholds)
         return Thresholds(self.referable_threshold, self.vision_threatening_threshold, cuts,
-                          vt_grade_by_probability=self.vt_grade_by_probability)
+                          vt_grade_by_probability=self.vt_grade_by_probability,
+                          dme=self.dme_threshold)
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,22 @@ def parse_manifest(data: Any, source: str = "manifest.json") -> Manifest:
     if get_tier(manifest.tier).needs_base and not manifest.base_bundle:
         raise BundleError(f"{source}: a {manifest.tier!r} bundle needs 'base_bundle' (its base "
                           "model folder)")
+    _check_outputs(manifest, source)
     if len(manifest.classes) != 5:
         raise BundleError(f"{source}: classes must list the 5 ICDR grades, got {len(manifest.classes)}")
     return manifest
+
+
+KNOWN_OUTPUTS = ("icdr_grade", "dme", "features")
+
+
+def _check_outputs(manifest: Manifest, source: str) -> None:
+    """A DME output and its calibrated threshold come together: a card must never show a DME
+    verdict from an uncalibrated output, nor a threshold for an output the model lacks."""
+    unknown = [o for o in manifest.outputs if o not in KNOWN_OUTPUTS]
+    if unknown:
+        raise BundleError(f"{source}: field 'outputs': unknown {unknown}; known {list(KNOWN_OUTPUTS)}")
+    has_dme, has_threshold = "dme" in manifest.outputs, manifest.calibration.dme_threshold is not None
+    if has_dme != has_threshold:
+        raise BundleError(f"{source}: outputs {'lists' if has_dme else 'lacks'} 'dme' but "
+                          f"calibration.dme_threshold is {'missing' if has_dme else 'set'}")

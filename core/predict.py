@@ -58,6 +58,12 @@ class Prediction:
         return self.grade is not None
 
     decision: grading.Decision | None = None  # the one call grade/flags/urgency came from
+    p_dme: float | None = None  # calibrated p(DME); None: ungradable or no DME output
+
+    @property
+    def dme(self) -> bool | None:
+        """DME at the bundle's threshold; None when not assessed (no DME output, ungradable)."""
+        return self.decision.dme if self.decision is not None else None
 
     @property
     def urgency(self) -> grading.Urgency:
@@ -103,6 +109,24 @@ def flip_averaged_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tenso
     return (model(x).float() + model(torch.flip(x, dims=[3])).float()) / 2
 
 
+N_GRADES = len(grading.GRADE_NAMES)
+
+
+def split_scores(logits: torch.Tensor, calibration: Any, has_dme: bool
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(grade probabilities, p(DME)) from raw logits with the bundle's own temperatures: the
+    grade softmax over the first 5 columns, the DME sigmoid over the 6th."""
+    grades = torch.softmax(logits[:, :N_GRADES] / calibration.temperature, dim=1)
+    probs = grades.numpy().astype(np.float64)
+    if not has_dme:
+        return probs, None
+    if logits.shape[1] <= N_GRADES:
+        raise BundleError(f"the bundle declares a DME output but its model returns "
+                          f"{logits.shape[1]} logits, not {N_GRADES + 1}")
+    dme = torch.sigmoid(logits[:, N_GRADES] / calibration.dme_temperature)
+    return probs, dme.numpy().astype(np.float64)
+
+
 class Predictor:
     """Owns one cached model on one device; safe to share between threads."""
 
@@ -130,6 +154,7 @@ class Predictor:
         self.engine = self._choose_engine()
         cal = self.manifest.calibration
         self.thresholds = cal.thresholds()
+        self.has_dme = "dme" in self.manifest.outputs
         self.near_chance = grading.near_chance(self.manifest.evaluation)
 
     # -- models: looked up in the cache on every use, never held (the cache owns them) -----------
@@ -186,13 +211,18 @@ class Predictor:
         started = list(started) if started is not None else [time.perf_counter()] * len(items)
         gradable = [i for i, it in enumerate(items) if it.quality.gradable]
         probs: dict[int, np.ndarray] = {}
+        p_dme: dict[int, float] = {}
         engines: dict[int, str] = {}  # what graded each photo (a failed graph: PyTorch after)
         for lo in range(0, len(gradable), self.max_batch):
             chunk = gradable[lo:lo + self.max_batch]
             batch = torch.stack([items[i].pre.tensor for i in chunk])
-            for i, p in zip(chunk, self.probabilities(batch), strict=True):
-                probs[i], engines[i] = p, self.engine
-        return [self._result(it, probs.get(i), started[i], engines.get(i, self.engine))
+            grade_probs, dme_probs = self.scores(batch)
+            for j, i in enumerate(chunk):
+                probs[i], engines[i] = grade_probs[j], self.engine
+                if dme_probs is not None:
+                    p_dme[i] = float(dme_probs[j])
+        return [self._result(it, probs.get(i), started[i], engines.get(i, self.engine),
+                             p_dme.get(i))
                 for i, it in enumerate(items)]
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -212,8 +242,13 @@ class Predictor:
         return out.cpu()
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        temperature = self.manifest.calibration.temperature
-        return torch.softmax(self.logits(batch) / temperature, dim=1).numpy().astype(np.float64)
+        """Calibrated grade probabilities (N, 5)."""
+        return self.scores(batch)[0]
+
+    def scores(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated grade probabilities (N, 5) and p(DME) (N,), None without a DME output.
+        A DME bundle's model returns 6 logits: the 5 grades, then its DME head's one logit."""
+        return split_scores(self.logits(batch), self.manifest.calibration, self.has_dme)
 
     def explain(self, prepared: PreparedImage, method: str | None = None,
                 target: int | str = DECIDED, layer: str | None = None, *,
@@ -270,7 +305,7 @@ class Predictor:
             engine=engine or self.engine)
 
     def _result(self, item: PreparedImage, probs: np.ndarray | None, start: float,
-                engine: str | None = None) -> Prediction:
+                engine: str | None = None, p_dme: float | None = None) -> Prediction:
         m = self.manifest
         common = dict(quality=item.quality, model=m.name, version=m.version, field=item.pre.field,
                       settings=self.settings(engine))
@@ -279,13 +314,13 @@ class Predictor:
                               decision=grading.ungradable(not_fundus=item.quality.not_fundus),
                               **common)
         d = grading.decide(probs, self.thresholds, quality_level=item.quality.level,
-                           near_chance=self.near_chance, demo=m.demo)
+                           near_chance=self.near_chance, demo=m.demo, p_dme=p_dme)
         return Prediction(
             grade=d.grade, probs=tuple(float(p) for p in probs),
             p_referable=grading.p_referable(probs),
             p_vision_threatening=grading.p_vision_threatening(probs),
             referable=d.referable, vision_threatening=d.vision_threatening,
-            confidence=d.confidence, latency_ms=_ms(start), decision=d, **common)
+            confidence=d.confidence, latency_ms=_ms(start), decision=d, p_dme=p_dme, **common)
 
 
 def _ms(start: float) -> float:

@@ -73,7 +73,7 @@ class DRClassifier(nn.Module):
 
     def __init__(self, model_name: str, num_classes: int = 5, pretrained: bool = True,
                  dropout_rate: float = 0.3, weights_path: str | None = None,
-                 **timm_kwargs: Any) -> None:
+                 dme_head: bool = False, **timm_kwargs: Any) -> None:
         super().__init__()
         _check_model_name(model_name)
         self.model_name = model_name
@@ -83,9 +83,16 @@ class DRClassifier(nn.Module):
         self.num_features = int(self.backbone.num_features)
         self.dropout = nn.Dropout(dropout_rate)
         self.classifier = nn.Linear(self.num_features, num_classes)
+        # macular oedema (issue 33): a second head on the same features, one logit appended
+        # after the grade logits, so export, flip averaging and Grad-CAM see one output tensor
+        self.dme_head = nn.Linear(self.num_features, 1) if dme_head else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.backbone(x)))
+        features = self.dropout(self.backbone(x))
+        logits = self.classifier(features)
+        if self.dme_head is None:
+            return logits
+        return torch.cat([logits, self.dme_head(features)], dim=1)
 
     def freeze_backbone(self) -> None:
         """Stage 1 of the two-stage recipe: train only the new head."""
@@ -124,7 +131,7 @@ class DRClassifier(nn.Module):
         The guide's keys are accepted as written (`name`, `dropout`, `freeze_backbone`, and
         `type` when it names this tier); mixing a guide key with its own name is an error.
         """
-        allowed = {"model_name", "num_classes", "pretrained", "dropout_rate", "weights_path",
+        allowed = {"model_name", "num_classes", "pretrained", "dropout_rate", "weights_path", "dme_head",
                    "drop_path_rate", "drop_rate", *_GUIDE_KEYS, "freeze_backbone", "type"}
         unknown = sorted(set(cfg) - allowed)
         if unknown:

@@ -25,15 +25,17 @@ class BaselineTier(Tier):
         from core.explain import suggest_layer
 
         m = start.model
+        dme = bool(getattr(m, "dme_head", False))
         if start.base is not None:  # model.checkpoint_path: continue from a baseline bundle
             model = DRClassifier(m.name, num_classes=5, pretrained=False,
-                                 dropout_rate=m.dropout_rate)
-            model.load_state_dict(self._base_weights(start, m.name), strict=True)
+                                 dropout_rate=m.dropout_rate, dme_head=dme)
+            _load_base(model, self._base_weights(start, m.name))
         else:
             model = DRClassifier(m.name, num_classes=5, pretrained=m.pretrained,
-                                 dropout_rate=m.dropout_rate, weights_path=m.weights_path)
-        arch = ArchitectureSpec("timm_classifier", {"model_name": m.name, "num_classes": 5,
-                                                    "dropout_rate": m.dropout_rate})
+                                 dropout_rate=m.dropout_rate, weights_path=m.weights_path,
+                                 dme_head=dme)
+        kwargs = {"model_name": m.name, "num_classes": 5, "dropout_rate": m.dropout_rate}
+        arch = ArchitectureSpec("timm_classifier", kwargs | ({"dme_head": True} if dme else {}))
         layer = suggest_layer(model, "cnn", start.input_size)
         return TrainableModel(model, arch, ExplanationSpec(layer, arch="cnn"),
                               freeze_epochs=start.freeze_epochs)
@@ -63,3 +65,12 @@ class BaselineTier(Tier):
 
 
 BASELINE = BaselineTier()
+
+
+def _load_base(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Every tensor of the base, strictly; only a DME head this run adds may start fresh."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    fresh = [k for k in missing if not k.startswith("dme_head.")]
+    if fresh or unexpected:
+        raise ConfigError(f"model.checkpoint_path: the base bundle's weights do not fit this "
+                          f"model (missing {fresh}, unexpected {list(unexpected)})")

@@ -30,28 +30,50 @@ class Outcomes:
     decided: np.ndarray
     referable_call: np.ndarray
     p_referable: np.ndarray
+    # truth of "referable" when it is not grade >= 2 alone (grade >= 2 or a DME label)
+    referable_truth: np.ndarray | None = None
+
+    def is_referable(self) -> np.ndarray:
+        return self.grade >= 2 if self.referable_truth is None else self.referable_truth
 
 
-def outcomes_from_rows(rows: list[dict[str, Any]]) -> Outcomes:
-    """Rows with id, patient, grade, p0..p4 and the fold's thresholds -> decided outcomes."""
+def outcomes_from_rows(rows: list[dict[str, Any]], *, use_dme: bool = True,
+                       dme_in_truth: bool = False) -> Outcomes:
+    """Rows with id, patient, grade, p0..p4 and the fold's thresholds -> decided outcomes.
+
+    Rows that carry p_dme and dme_threshold (a bundle with a DME output) are decided with it
+    unless use_dme is off; dme_in_truth counts a photo with a DME label of 1 as referable
+    (the programmes' definition: grade >= 2 and/or DME)."""
     decided, calls, scores = [], [], []
     for row in rows:
         probs = [float(row[f"p{g}"]) for g in range(5)]
         cuts = tuple(float(c) for c in str(row.get("grade_cuts") or "").split()) or None
+        dme_t = _number(row.get("dme_threshold")) if use_dme else None
         decision = decide(probs, Thresholds(
             float(row["referable_threshold"]), float(row["vision_threatening_threshold"]), cuts,
-            vt_grade_by_probability=str(row.get("vt_grade_by_probability") or "0") == "1"))
+            vt_grade_by_probability=str(row.get("vt_grade_by_probability") or "0") == "1",
+            dme=dme_t), p_dme=_number(row.get("p_dme")) if dme_t is not None else None)
         decided.append(decision.grade)
         calls.append(bool(decision.referable))
         scores.append(sum(probs[2:]))
-    return Outcomes([r["id"] for r in rows], [r["patient"] for r in rows],
-                    np.array([int(r["grade"]) for r in rows]), np.array(decided),
-                    np.array(calls), np.array(scores))
+    grade = np.array([int(r["grade"]) for r in rows])
+    truth = None
+    if dme_in_truth:
+        truth = (grade >= 2) | np.array([_number(r.get("dme_label")) == 1 for r in rows])
+    return Outcomes([r["id"] for r in rows], [r["patient"] for r in rows], grade,
+                    np.array(decided), np.array(calls), np.array(scores), truth)
+
+
+def _number(value: Any) -> float | None:
+    """A CSV cell or a value as a float; None for an empty cell (no DME output / no label)."""
+    if value is None or value == "":
+        return None
+    return float(value)
 
 
 def point_metrics(o: Outcomes, idx: np.ndarray | None = None) -> dict[str, float | None]:
     idx = np.arange(len(o.ids)) if idx is None else idx
-    y, ref = o.grade[idx], o.grade[idx] >= 2
+    y, ref = o.grade[idx], o.is_referable()[idx]
     call = o.referable_call[idx]
     return {
         "referable_auroc": binary_auroc(ref, o.p_referable[idx]),
@@ -88,7 +110,7 @@ def bootstrap(o: Outcomes, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict[st
                   if len(v) >= reps // 2 else None}
             for key, v in draws.items()} | {
         "n_photos": len(o.ids), "n_patients": len(patients),
-        "n_referable": int((o.grade >= 2).sum()), "bootstrap_reps": reps}
+        "n_referable": int(o.is_referable().sum()), "bootstrap_reps": reps}
 
 
 

@@ -159,13 +159,14 @@ def predict_chunk(predictor: Predictor, records: list[LabelledImage],
     if not prepared:
         return []
     batch = torch.stack([p.pre.tensor for _, p in prepared])
-    probs = predictor.probabilities(batch)  # every photo: the gate is applied afterwards
+    probs, p_dme = predictor.scores(batch)  # every photo: the gate is applied afterwards
+    dme = [None] * len(prepared) if p_dme is None else [float(v) for v in p_dme]
     return [{"id": r.id, "patient": r.patient, "grade": r.grade, "gradable": p.quality.gradable,
              "quality": p.quality.level, "reasons": list(p.quality.reasons),
-             "predicted": decide(pr, predictor.thresholds).grade,  # as served, flags first
+             "predicted": decide(pr, predictor.thresholds, p_dme=d).grade,  # as served
              "p_referable": float(pr[2:].sum()),
-             "probs": [float(v) for v in pr]}
-            for (r, p), pr in zip(prepared, probs, strict=True)]
+             "probs": [float(v) for v in pr], "p_dme": d}
+            for (r, p), pr, d in zip(prepared, probs, dme, strict=True)]
 
 
 def _metrics(y: np.ndarray, probs: np.ndarray, cal) -> dict[str, Any] | None:

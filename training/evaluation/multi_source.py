@@ -37,6 +37,7 @@ from core.bundle import load_bundle
 from core.errors import DRError
 from training.evaluation.bootstrap import BOOTSTRAP_REPS, bootstrap, outcomes_from_rows, table
 from training.evaluation.crossval import fold_done, same_recipe
+from training.evaluation.dme_eval import attach_dme, dme_bootstrap, dme_table, has_dme
 from training.trainer.config import TrainConfig, load_config
 from training.trainer.datasets import LabelledImage, load_records
 
@@ -108,26 +109,34 @@ def graded_rows(bundle: Path, records: list[LabelledImage]) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     for lo in range(0, len(records), predictor.max_batch):
         rows += predict_chunk(predictor, records[lo:lo + predictor.max_batch], unreadable)
-    source = {r.id: r.source for r in records}
+    by_id = {r.id: r for r in records}
     return [{"id": r["id"], "patient": r["patient"], "grade": r["grade"],
-             "source": source[r["id"]], "gradable": int(r["gradable"]),
+             "source": by_id[r["id"]].source, "gradable": int(r["gradable"]),
              **{f"p{g}": r["probs"][g] for g in range(5)},
              "referable_threshold": cal.referable_threshold,
              "vision_threatening_threshold": cal.vision_threatening_threshold,
              "grade_cuts": " ".join(str(c) for c in cal.grade_thresholds or ()),
-             "vt_grade_by_probability": int(cal.vt_grade_by_probability)} for r in rows]
+             "vt_grade_by_probability": int(cal.vt_grade_by_probability),
+             "p_dme": _blank(r["p_dme"]), "dme_threshold": _blank(cal.dme_threshold),
+             "dme_label": _blank(by_id[r["id"]].dme)} for r in rows]
 
 
-def per_source(rows: list[dict[str, Any]], reps: int, *, pooled: bool = True
-               ) -> dict[str, dict[str, Any]]:
-    """{source: bootstrap figures} (+ pooled), groups resampled within what is measured."""
+def _blank(value: Any) -> Any:
+    """None as an empty CSV cell (no DME output, no DME label)."""
+    return "" if value is None else value
+
+
+def per_source(rows: list[dict[str, Any]], reps: int, *, pooled: bool = True,
+               **decide: bool) -> dict[str, dict[str, Any]]:
+    """{source: bootstrap figures} (+ pooled), groups resampled within what is measured.
+    `decide`: use_dme / dme_in_truth, passed to crossval.outcomes_from_rows."""
     out = {}
     for name in sorted({r["source"] for r in rows}):
         sub = [r for r in rows if r["source"] == name]
-        out[set_name(name)] = bootstrap(outcomes_from_rows(sub), reps) | {
+        out[set_name(name)] = bootstrap(outcomes_from_rows(sub, **decide), reps) | {
             "ungradable_by_gate": sum(1 - int(r["gradable"]) for r in sub)}
     if pooled and len(out) > 1:
-        out[POOLED] = bootstrap(outcomes_from_rows(rows), reps)
+        out[POOLED] = bootstrap(outcomes_from_rows(rows, **decide), reps)
     return out
 
 
@@ -150,7 +159,8 @@ def cached_rows(path: Path, bundle: Path, records: list[LabelledImage]) -> list[
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     path = path.with_name(f"{path.stem}-{manifest['weights']['sha256'][:12]}.csv")
     rows = read_rows(path)
-    if rows is None or {r["id"] for r in rows} != {r.id for r in records}:
+    if (rows is None or {r["id"] for r in rows} != {r.id for r in records}
+            or "dme_label" not in rows[0]):  # graded before DME was recorded: grade again
         rows = graded_rows(bundle, records)
         write_rows(path, rows)
     return rows
@@ -234,7 +244,12 @@ def run_all(cfg: TrainConfig, args: argparse.Namespace) -> str:
                          "(their own selection and calibration splits) and tested on every photo "
                          "of the source it never saw: a new camera and population.",
                          loso_results))
+    dme_results = dme_sections(main_rows, args.bootstrap, cfg, sections)
     text = report(sections, args.bootstrap)
+    if dme_results:
+        text += ("\n## DME output on the held-out split\n\nPhotos whose source grades DME "
+                 "(Messidor-2, IDRiD), decided at the bundle's own DME threshold.\n\n"
+                 + dme_table(dme_results) + "\n")
     (out / "per_source_report.md").write_text(text, encoding="utf-8")
     summary = out / "per_source_summary.json"
     timings = _kept_timings(summary, timings)
@@ -246,8 +261,33 @@ def run_all(cfg: TrainConfig, args: argparse.Namespace) -> str:
         attach_held_out(bundle_path(cfg), labelled(shipped, "held-out split: ")
                         | {f"leave-one-source-out: {k}": v for k, v in loso_results.items()},
                         what=WHAT, merge=False)
+        if dme_results:
+            attach_dme(bundle_path(cfg), dme_results)
         print(f"held-out table attached to {bundle_path(cfg)}", flush=True)
     return text
+
+
+def dme_sections(rows: list[dict[str, Any]], reps: int, cfg: TrainConfig,
+                 sections: list) -> dict[str, dict[str, Any]]:
+    """For a bundle with a DME output: the referable table with DME left out of the decision
+    and with DME in the truth too (added to `sections`), and the DME figures per source."""
+    if not has_dme(rows):
+        return {}
+    name = cfg.bundle_name or cfg.run_name
+    sections.append(("Referable by the grade alone (DME output ignored)", "The same photos and "
+                     "bundle, the referable decision taken without the DME output: what DME "
+                     "adds to the table above.",
+                     labelled(per_source(rows, reps, use_dme=False), f"{name} on ")))
+    sections.append(("Referable as the programmes define it (grade >= 2 or DME)", "Truth: grade "
+                     ">= 2 or a DME label of 1 (Messidor-2, IDRiD; EyePACS has no DME label); "
+                     "decision: grade and DME output, as served.",
+                     labelled(per_source(rows, reps, dme_in_truth=True), f"{name} on ")))
+    out = {}
+    for source in sorted({r["source"] for r in rows}):
+        result = dme_bootstrap([r for r in rows if r["source"] == source], reps)
+        if result is not None:
+            out[set_name(source)] = result
+    return out
 
 
 def _kept_timings(summary: Path, timings: dict[str, float | None]) -> dict[str, float | None]:

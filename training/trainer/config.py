@@ -39,6 +39,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
         raise ConfigError(f"{source}: field 'model.tier': must be one of {list(tier_names())}, "
                           f"got {config.model.tier!r}")
     _check_distill(config.optim, source)
+    if config.model.dme_head and config.model.tier != "baseline":
+        raise ConfigError(f"{source}: field 'model.dme_head': only the baseline tier has a DME "
+                          f"head so far, not {config.model.tier!r}")
     if not 0.0 < config.data.train_fraction <= 1.0:
         raise ConfigError(f"{source}: field 'data.train_fraction': must be in (0, 1], got "
                           f"{config.data.train_fraction}")

@@ -20,10 +20,14 @@ class CachedFundusDataset(Dataset):
     """(tensor, grade) pairs read from the cache; augmentation only when `train` is set."""
 
     def __init__(self, cache_folder: Path, rows: Sequence[int], grades: Sequence[int],
-                 spec: PreprocessSpec, *, train: bool, seed: int, augment: bool = True) -> None:
+                 spec: PreprocessSpec, *, train: bool, seed: int, augment: bool = True,
+                 dme: Sequence[int] | None = None) -> None:
+        """dme: a DME label per row (-1 where the source has none); the target is then the
+        pair (grade, dme), which the trainer's loss splits (training.dme)."""
         self.cache_folder = Path(cache_folder)
         self.rows = list(rows)
         self.grades = [int(g) for g in grades]
+        self.dme = None if dme is None else [int(d) for d in dme]
         self.spec = spec
         self.train = train
         self.augment = augment and train
@@ -37,7 +41,7 @@ class CachedFundusDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, k: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, k: int | tuple[int, int]) -> tuple[torch.Tensor, int | torch.Tensor]:
         """k: an index, or (epoch, index) from EpochTagged (what persistent workers need)."""
         epoch, k = k if isinstance(k, tuple) else (self.epoch, k)
         if self._images is None:
@@ -47,7 +51,10 @@ class CachedFundusDataset(Dataset):
         augment = None
         if self.augment:
             augment = build_augment(np.random.default_rng([self.seed, epoch, row]))
-        return finish_tensor(work, self.spec, augment=augment), self.grades[k]
+        x = finish_tensor(work, self.spec, augment=augment)
+        if self.dme is None:
+            return x, self.grades[k]
+        return x, torch.tensor([self.grades[k], self.dme[k]], dtype=torch.long)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

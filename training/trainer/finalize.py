@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from core.bundle import Bundle
-from core.grading import Thresholds, grade_band
+from core.grading import DME_SCOPE, Thresholds, grade_band
 from core.manifest import CalibrationSpec, Manifest, Provenance, WeightsSpec
 from core.wording import (
     DEMO_NOTICE,
@@ -107,7 +107,8 @@ def write_bundle(cfg: TrainConfig, setup: TierSetup, run_dir: Path, calibration:
                               command=" ".join(["python -m"] + _argv())),
         demo=cfg.demo, calibration=calibration, evaluation=_jsonable(metrics),
         base_bundle=setup.base_bundle.path.name if setup.base_bundle else None,
-        license=setup.license)
+        license=setup.license,
+        outputs=("icdr_grade", "dme") if cfg.model.dme_head else ("icdr_grade",))
     card = model_card(manifest, metrics, data_summary, distilled_from=distilled,
                       started_from=start_note(cfg))
     bundle = setup.export(out, manifest, card)
@@ -167,9 +168,31 @@ def model_card(manifest: Manifest, metrics: dict, data_summary: dict, *,
         f"- Created {manifest.created}, commit `{manifest.git_commit}`", "",
         *metrics_table(metrics), "",
         VT_GRADE_CARD_LINE if manifest.calibration.vt_grade_by_probability else "",
+        dme_card_lines(manifest, metrics.get("dme")),
         RETFOUND_LICENSE_NOTICE if manifest.license else "", "", RESEARCH_USE_NOTICE, "",
     ]
     return "\n".join(line for line in lines if line is not None)
+
+
+def dme_card_lines(manifest: Manifest, dme: dict | None) -> str:
+    """What the DME output is, how its threshold was fitted, and its split figures; for a
+    bundle without one, that DME is not assessed."""
+    if "dme" not in manifest.outputs or not dme:
+        return "DME (macular oedema): not assessed; this model has no DME output.\n"
+    cal = manifest.calibration
+    lines = ["## DME output", "",
+             f"A second head on the same backbone. Positive class: {dme['positive_class']}. "
+             f"{DME_SCOPE}. Temperature {cal.dme_temperature:.3f} and threshold "
+             f"{cal.dme_threshold:.3f} (sensitivity first) fitted on the calibration split's "
+             "DME-labelled photos.", "",
+             "| split | photos (DME) | DME AUROC | sensitivity | specificity |",
+             "|---|---|---|---|---|"]
+    for split in ("calibration", "selection", "test"):
+        f = dme.get(split)
+        if isinstance(f, dict):
+            lines.append(f"| {split} | {f['photos']} ({f['positives']}) | {_f(f['auroc'])} | "
+                         f"{_f(f['sensitivity'])} | {_f(f['specificity'])} |")
+    return "\n".join(lines) + "\n"
 
 
 VT_GRADE_CARD_LINE = (

@@ -29,6 +29,7 @@ from training.trainer.config import TrainConfig
 from training.trainer.data import CachedFundusDataset, EpochSampler, EpochTagged, class_weights
 from training.trainer.distill import Teacher, distill_loss, load_teacher
 from training.trainer.distributed import DistInfo
+from training.trainer.dme import DME_LOSS_WEIGHT, N_GRADES, masked_dme_loss, positive_weight
 from training.trainer.logs import RunLogger
 from training.trainer.tiers import TierSetup
 
@@ -64,10 +65,11 @@ class Loaders:
 
 
 def make_loaders(cfg: TrainConfig, cache_folder: Path, train_rows, train_grades, val_rows,
-                 val_grades, dist_info: DistInfo) -> Loaders:
+                 val_grades, dist_info: DistInfo, train_dme: Sequence[int] | None = None) -> Loaders:
+    """train_dme: DME labels of the training rows (-1: none) for a model with a DME head."""
     spec = cfg.preprocessing
     train_ds = CachedFundusDataset(cache_folder, train_rows, train_grades, spec, train=True,
-                                   seed=cfg.seed, augment=cfg.data.augment)
+                                   seed=cfg.seed, augment=cfg.data.augment, dme=train_dme)
     sampler = EpochSampler(train_grades, cfg.seed, balanced=cfg.optim.class_balance == "sampler",
                            rank=dist_info.rank, world_size=dist_info.world_size)
     workers = cfg.data.num_workers
@@ -118,6 +120,8 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(
             weight=None if weight is None else weight.to(self.device),
             label_smoothing=cfg.optim.label_smoothing)
+        dme = loaders.train_ds.dme
+        self.dme_pos_weight = positive_weight(dme) if dme is not None else None
         self.steps_per_epoch = max(1, len(loaders.train) // cfg.optim.grad_accum)
         self.state = LoopState()
         self.logger = RunLogger(run_dir, cfg, enabled=dist_info.is_main)
@@ -171,7 +175,7 @@ class Trainer:
         while self.state.epoch < cfg.optim.epochs:
             epoch = self.state.epoch
             train_loss = self.train_epoch(epoch)
-            logits = self.predict_logits(self.loaders.val)
+            logits = self.predict_logits(self.loaders.val)[:, :N_GRADES]
             probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
             metrics = evaluate(self.loaders.val_grades, probs)
             score = selection_score(metrics, cfg.optim.select_metric)
@@ -255,7 +259,12 @@ class Trainer:
     # -- helpers ------------------------------------------------------------------------------
     def _loss(self, logits: torch.Tensor, y: torch.Tensor,
               x: torch.Tensor | None = None) -> torch.Tensor:
-        """The hard-label loss; with a teacher (and the batch `x`) mixed with its soft targets."""
+        """The hard-label loss; with a teacher (and the batch `x`) mixed with its soft targets;
+        with a DME head (targets (grade, dme)), plus its BCE on the rows that carry a label."""
+        dme_loss = None
+        if y.dim() == 2:
+            dme_loss = masked_dme_loss(logits[:, N_GRADES], y[:, 1], self.dme_pos_weight or 1.0)
+            y, logits = y[:, 0], logits[:, :N_GRADES]
         loss = self.loss_fn(logits.float(), y)
         if self.cfg.optim.ordinal:  # pull the expected grade towards the label (QWK-friendly)
             grades = torch.arange(5, device=logits.device, dtype=torch.float32)
@@ -265,6 +274,8 @@ class Trainer:
             o = self.cfg.optim
             loss = distill_loss(logits, self.teacher.logits(x), loss, o.distill_alpha,
                                 o.distill_temperature)
+        if dme_loss is not None:
+            loss = loss + DME_LOSS_WEIGHT * dme_loss
         return loss
 
     def _set_lr(self) -> None:

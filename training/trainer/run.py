@@ -22,6 +22,7 @@ from training.trainer.config import TrainConfig, load_config, save_config
 from training.trainer.datasets import load_records
 from training.trainer.distill import load_teacher
 from training.trainer.distributed import barrier, init_distributed, shutdown
+from training.trainer.dme import calibrate_dme, check_dme_splits, dme_labels, strip_dme
 from training.trainer.finalize import calibrate_and_evaluate, load_best, write_bundle
 from training.trainer.image_cache import build_cache
 from training.trainer.loop import StepHook, Trainer, eval_loader, make_loaders
@@ -62,11 +63,14 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         usable = [r for r, ok in zip(records, cache.ok, strict=True) if ok]
         rows = {r.id: i for i, r in enumerate(records)}
         splits = make_splits(cfg, usable)
+        if cfg.model.dme_head:
+            check_dme_splits(splits)
         train, val = splits.train, splits.selection
         summary |= splits.summary() | {"unreadable": len(cache.errors)}
         loaders = make_loaders(cfg, cache.folder, [rows[r.id] for r in train],
                                [r.grade for r in train], [rows[r.id] for r in val],
-                               [r.grade for r in val], info)
+                               [r.grade for r in val], info,
+                               train_dme=dme_labels(train) if cfg.model.dme_head else None)
         setup = build_setup(cfg)
         trainer = Trainer(cfg, setup, loaders, run_dir, info, progress=progress,
                           step_hooks=step_hooks, teacher=teacher)
@@ -81,8 +85,11 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         if info.is_main:
             load_best(setup, run_dir)
             scored = score_splits(trainer, loaders, splits, cache.folder, rows)
+            scored, dme_logit = strip_dme(scored)
             y_cal, logits = scored["calibration"]
             calibration, metrics = calibrate_and_evaluate(cfg, logits, y_cal)
+            if dme_logit:
+                calibration, metrics["dme"] = calibrate_dme(cfg, splits, dme_logit, calibration)
             metrics |= held_out_metrics(cfg, splits, scored, calibration, run_dir)
             bundle = write_bundle(cfg, setup, run_dir, calibration, metrics, summary)
             (run_dir / "metrics.json").write_text(json.dumps(bundle.manifest.evaluation, indent=1))

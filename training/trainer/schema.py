@@ -136,6 +136,9 @@ class ModelConfig:
     lora_dropout: float = 0.1
     head_dropout: float = 0.3
     target_modules: tuple[str, ...] = ("qkv",)
+    # a second head for macular oedema (issue 33; baseline tier), trained where a source has
+    # DME labels (messidor2, idrid) and masked elsewhere, calibrated on its own
+    dme_head: bool = False
 
 
 @dataclass(frozen=True)

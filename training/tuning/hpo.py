@@ -162,7 +162,7 @@ def train_trial(cfg: TrainConfig, on_epoch: OnEpoch, *, progress: bool = False) 
     try:
         state = trainer.fit()
         load_best(setup, run_dir)
-        logits = trainer.predict_logits(loaders.val)
+        logits = trainer.predict_logits(loaders.val)[:, :5]
         calibration, metrics = calibrate_and_evaluate(cfg, logits, loaders.val_grades)
         bundle = write_bundle(cfg, setup, run_dir, calibration, metrics, summary)
         (run_dir / "metrics.json").write_text(json.dumps(bundle.manifest.evaluation, indent=1))
