@@ -89,6 +89,11 @@ class Manifest:
     outputs: tuple[str, ...] = ("icdr_grade",)  # "dme" only if the model really predicts it
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def has_dme(self) -> bool:
+        """The model has a DME output (parse_manifest checks its threshold came with it)."""
+        return "dme" in self.outputs
+
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(dataclasses.asdict(self))
 

@@ -146,7 +146,7 @@ class Predictor:
             self.cache.get_int8(bundle)
         cal = self.manifest.calibration
         self.thresholds = cal.thresholds()
-        self.has_dme = "dme" in self.manifest.outputs
+        self.has_dme = self.manifest.has_dme
         self.near_chance = grading.near_chance(self.manifest.evaluation)
 
     # -- models: looked up in the cache on every use, never held (the cache owns them) -----------
@@ -238,7 +238,8 @@ class Predictor:
             vision_threatening_threshold=cal.vision_threatening_threshold,
             grade_thresholds=cuts, tta=self.tta, device=str(self.device),
             bundle_key=self.bundle.key, cpu_int8=self.int8,
-            vt_grade_by_probability=cal.vt_grade_by_probability)
+            vt_grade_by_probability=cal.vt_grade_by_probability,
+            dme_threshold=cal.dme_threshold if self.has_dme else None)
 
     def _result(self, item: PreparedImage, probs: np.ndarray | None, start: float,
                 p_dme: float | None = None) -> Prediction:

@@ -33,6 +33,7 @@ class PredictionSettings:
     bundle_key: str
     cpu_int8: bool = False
     vt_grade_by_probability: bool = False  # severe NPDR vs PDR by the more probable
+    dme_threshold: float | None = None  # on p(DME); None: the bundle has no DME output
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -57,6 +58,7 @@ class ModelRunSettings:
     referable_threshold: float | None = None
     vision_threatening_threshold: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # the full PredictionSettings JSON
+    dme_threshold: float | None = None  # None: the bundle had no DME output (not assessed)
 
     @classmethod
     def from_json(cls, key: str, data: dict[str, Any]) -> ModelRunSettings:
@@ -64,7 +66,7 @@ class ModelRunSettings:
                    demo=bool(data.get("demo", False)), tier=str(data.get("tier", "")),
                    referable_threshold=_float(data.get("referable_threshold")),
                    vision_threatening_threshold=_float(data.get("vision_threatening_threshold")),
-                   settings=dict(data))
+                   settings=dict(data), dme_threshold=_float(data.get("dme_threshold")))
 
 
 @dataclass(frozen=True)
