@@ -34,6 +34,7 @@ REFERABLE_MIN_GRADE = 2  # "more than mild" (mtmDR): grade >= 2 and/or DME
 VISION_THREATENING_MIN_GRADE = 3  # vtDR: grade >= 3 and/or centre-involving DME
 DEMO_REVIEW_REASON = "demo model: trained on synthetic images only"
 DME_NOT_ASSESSED = "DME: not assessed (this model has no macular-oedema output)"
+DME_NOT_GRADED = "DME: not graded (ungradable photo)"
 # What a DME output can and cannot tell (issue 33): Messidor-2's adjudicated DME and IDRiD's
 # risk 2 are both "hard exudates within one disc diameter of the fovea", not centre involvement
 DME_SCOPE = ("DME = hard exudates within one disc diameter of the fovea (photographic); "
@@ -194,10 +195,25 @@ def follow_up(grade: int | None, programme: str = PROGRAMMES[0], *, gradable: bo
     return Guidance(programme, category, action, _UK_DME_CAVEAT)
 
 
+DME_CELL_NOT_ASSESSED, DME_CELL_NOT_GRADED = "not assessed", "not graded"  # tables, CSV, PDF
+
+
+def dme_cell(dme: bool | None, assessed: bool) -> str:
+    """yes / no; "not assessed" where the bundle has no DME output, "not graded" where it had
+    one but nothing could be graded (a missing output must never read as "no")."""
+    if dme is not None:
+        return "yes" if dme else "no"
+    return DME_CELL_NOT_GRADED if assessed else DME_CELL_NOT_ASSESSED
+
+
 def dme_statement(p_dme: float | None, dme: bool | None, threshold: float | None) -> str:
-    """The card's DME line: yes / no with its probability and threshold, or not assessed."""
-    if p_dme is None or dme is None or threshold is None:
+    """The card's DME line: yes / no with its probability and threshold; not assessed without a
+    DME output (no threshold); not graded for a DME bundle's ungradable photo (the model's lack
+    of an output must not be blamed for a bad photo)."""
+    if threshold is None:
         return DME_NOT_ASSESSED
+    if p_dme is None or dme is None:
+        return DME_NOT_GRADED
     shown_p, shown_t = format_against(p_dme, threshold)
     verdict = "yes - refer" if dme else "no"
     return f"DME: {verdict} (p {shown_p}, threshold {shown_t})"

@@ -106,6 +106,11 @@ class Manifest:
     onnx: OnnxSpec | None = None  # the same grader as an ONNX graph (CPU grading, core.onnx_engine)
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def has_dme(self) -> bool:
+        """The model has a DME output (parse_manifest checks its threshold came with it)."""
+        return "dme" in self.outputs
+
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(dataclasses.asdict(self))
 

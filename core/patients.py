@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -115,6 +115,8 @@ class EyeOutcome:
     p_referable: float | None
     images: tuple[ImageItem, ...]
     review: bool
+    dme: bool | None = None  # any graded field with DME; None: not assessed (no DME output)
+    p_dme: float | None = None  # highest p(DME) of the graded fields
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class PatientOutcome:
     eyes: tuple[EyeOutcome, ...]
     review: bool
     n_errors: int
+    dme: bool | None = None  # any eye with DME; None: no eye assessed for DME
+    p_dme: float | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,9 @@ def aggregate_eyes(images: Sequence[ImageItem]) -> list[EyeOutcome]:
             patient, items[0].file.eye, urgency,
             max((r.grade for r in graded), default=None),
             max((r.p_referable for r in graded if r.p_referable is not None), default=None),
-            tuple(items), any(i.review for i in items)))
+            tuple(items), any(i.review for i in items),
+            any_dme(r.dme for r in graded),
+            max((r.p_dme for r in graded if r.p_dme is not None), default=None)))
     return eyes
 
 
@@ -218,11 +224,20 @@ def aggregate_patients(eyes: Sequence[EyeOutcome]) -> list[PatientOutcome]:
             patient, patient_urgency([e.urgency for e in items]),
             max(grades, default=None), max(ps, default=None), tuple(items),
             any(e.review for e in items),
-            sum(i.file.error is not None for e in items for i in e.images)))
+            sum(i.file.error is not None for e in items for i in e.images),
+            any_dme(e.dme for e in items),
+            max((e.p_dme for e in items if e.p_dme is not None), default=None)))
     patients.sort(key=lambda p: (-worklist_rank(p.urgency, p.review),
                                  -(p.p_referable if p.p_referable is not None else -1.0),
                                  p.patient))
     return patients
+
+
+def any_dme(flags: Iterable[bool | None]) -> bool | None:
+    """DME in any field / eye makes the eye / patient DME (CLINICAL.md: referable = grade >= 2
+    and/or DME); None only when nothing was assessed, so "no" is never claimed unassessed."""
+    assessed = [f for f in flags if f is not None]
+    return any(assessed) if assessed else None
 
 
 def _p(row: ResultRow | None) -> float:

@@ -154,7 +154,7 @@ class Predictor:
         self.engine = self._choose_engine()
         cal = self.manifest.calibration
         self.thresholds = cal.thresholds()
-        self.has_dme = "dme" in self.manifest.outputs
+        self.has_dme = self.manifest.has_dme
         self.near_chance = grading.near_chance(self.manifest.evaluation)
 
     # -- models: looked up in the cache on every use, never held (the cache owns them) -----------
@@ -302,7 +302,8 @@ class Predictor:
             grade_thresholds=cuts, tta=self.tta, device=str(self.device),
             bundle_key=self.bundle.key, cpu_int8=self.int8,
             vt_grade_by_probability=cal.vt_grade_by_probability,
-            engine=engine or self.engine)
+            engine=engine or self.engine,
+            dme_threshold=cal.dme_threshold if self.has_dme else None)
 
     def _result(self, item: PreparedImage, probs: np.ndarray | None, start: float,
                 engine: str | None = None, p_dme: float | None = None) -> Prediction:

@@ -34,6 +34,7 @@ class PredictionSettings:
     cpu_int8: bool = False
     vt_grade_by_probability: bool = False  # severe NPDR vs PDR by the more probable
     engine: str = "pytorch"  # what computed the logits: "pytorch" or "onnxruntime"
+    dme_threshold: float | None = None  # on p(DME); None: the bundle has no DME output
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -58,6 +59,7 @@ class ModelRunSettings:
     referable_threshold: float | None = None
     vision_threatening_threshold: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # the full PredictionSettings JSON
+    dme_threshold: float | None = None  # None: the bundle had no DME output (not assessed)
 
     @classmethod
     def from_json(cls, key: str, data: dict[str, Any]) -> ModelRunSettings:
@@ -65,7 +67,7 @@ class ModelRunSettings:
                    demo=bool(data.get("demo", False)), tier=str(data.get("tier", "")),
                    referable_threshold=_float(data.get("referable_threshold")),
                    vision_threatening_threshold=_float(data.get("vision_threatening_threshold")),
-                   settings=dict(data))
+                   settings=dict(data), dme_threshold=_float(data.get("dme_threshold")))
 
 
 @dataclass(frozen=True)

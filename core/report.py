@@ -21,7 +21,16 @@ import numpy as np
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
-from core.grading import GRADE_NAMES, PROGRAMMES, Urgency, follow_up
+from core.grading import (
+    DME_NOT_ASSESSED,
+    DME_SCOPE,
+    GRADE_NAMES,
+    PROGRAMMES,
+    Urgency,
+    dme_cell,
+    dme_statement,
+    follow_up,
+)
 from core.patients import ImageItem, PatientOutcome, Worklist
 from core.store import RunInfo, Store
 from core.wording import DEMO_NOTICE, HEATMAP_CAPTION, RESEARCH_USE_NOTICE, RESULT_RECORD_NOTICE
@@ -29,13 +38,13 @@ from core.wording import DEMO_NOTICE, HEATMAP_CAPTION, RESEARCH_USE_NOTICE, RESU
 HeatmapFn = Callable[[ImageItem], "np.ndarray | bytes | None"]  # RGB overlay or JPEG/PNG bytes
 
 IMAGE_COLUMNS = ("file", "patient", "eye", "field", "grade", "grade_name", "p_referable",
-                 "referable", "p_vtdr", "vtdr", "confidence", "quality", "quality_reasons",
-                 "urgency", "follow_up", "review", "review_reasons", "duplicate_of", "model",
-                 "version",
-                 "referable_threshold", "vtdr_threshold", "other_models", "error")
-PATIENT_COLUMNS = ("patient", "urgency", "worst_grade", "p_referable", "right_eye", "left_eye",
-                   "other_eyes", "photos", "review", "file_errors", "follow_up", "model",
-                   "version")
+                 "referable", "p_vtdr", "vtdr", "p_dme", "dme", "confidence", "quality",
+                 "quality_reasons", "urgency", "follow_up", "review", "review_reasons",
+                 "duplicate_of", "model", "version",
+                 "referable_threshold", "vtdr_threshold", "dme_threshold", "other_models", "error")
+PATIENT_COLUMNS = ("patient", "urgency", "worst_grade", "p_referable", "dme", "right_eye",
+                   "left_eye", "other_eyes", "photos", "review", "file_errors", "follow_up",
+                   "model", "version")
 
 
 # ---------------------------------------------------------------- shared
@@ -43,6 +52,11 @@ PATIENT_COLUMNS = ("patient", "urgency", "worst_grade", "p_referable", "right_ey
 
 def _model_settings(info: RunInfo) -> dict[str, dict[str, Any]]:
     return info.settings.get("models", {})
+
+
+def _has_dme(info: RunInfo) -> bool:
+    """Some bundle of the run has a DME output (its threshold was recorded with the run)."""
+    return any(m.get("dme_threshold") is not None for m in _model_settings(info).values())
 
 
 def _is_demo(info: RunInfo) -> bool:
@@ -75,7 +89,7 @@ def worklist_csv(store: Store, run_id: int, path: str | os.PathLike, per: str = 
         raise ValueError(f"per must be 'image' or 'patient', got {per!r}")
     info = store.run(run_id)
     wl = store.worklist(run_id, review_below=review_below)
-    rows = _image_rows(wl, info) if per == "image" else _patient_rows(wl)
+    rows = _image_rows(wl, info) if per == "image" else _patient_rows(wl, _has_dme(info))
     columns = IMAGE_COLUMNS if per == "image" else PATIENT_COLUMNS
     out = Path(path)
     with out.open("w", newline="", encoding="utf-8") as fh:
@@ -116,6 +130,8 @@ def _image_rows(wl: Worklist, info: RunInfo) -> list[dict[str, Any]]:
             "grade_name": GRADE_NAMES[r.grade] if r and r.grade is not None else "",
             "p_referable": r and r.p_referable, "referable": r and r.referable,
             "p_vtdr": r and r.p_vision_threatening, "vtdr": r and r.vtdr,
+            "p_dme": r and r.p_dme,
+            "dme": dme_cell(r.dme if r else None, cfg.get("dme_threshold") is not None),
             "confidence": r and r.confidence, "quality": r and r.quality_level,
             "quality_reasons": "; ".join(r.quality_reasons) if r else "",
             "urgency": item.urgency.label, "follow_up": _row_guidance(item),
@@ -124,20 +140,22 @@ def _image_rows(wl: Worklist, info: RunInfo) -> list[dict[str, Any]]:
             "model": r and r.model, "version": r and r.version,
             "referable_threshold": cfg.get("referable_threshold"),
             "vtdr_threshold": cfg.get("vision_threatening_threshold"),
+            "dme_threshold": cfg.get("dme_threshold"),
             "other_models": "; ".join(f"{o.model} {o.version}: grade {_fmt(o.grade)}"
                                       for o in item.others),
             "error": f.error or (r.error if r else None)})
     return rows
 
 
-def _patient_rows(wl: Worklist) -> list[dict[str, Any]]:
+def _patient_rows(wl: Worklist, has_dme: bool) -> list[dict[str, Any]]:
     rows = []
     for p in wl.patients:
         by_eye = {e.eye: e.urgency.label for e in p.eyes if e.eye != "unknown"}
         primary = next((i.primary for e in p.eyes for i in e.images if i.primary), None)
         rows.append({
             "patient": p.patient, "urgency": p.urgency.label, "worst_grade": p.grade,
-            "p_referable": p.p_referable, "right_eye": by_eye.get("right", ""),
+            "p_referable": p.p_referable, "dme": dme_cell(p.dme, has_dme),
+            "right_eye": by_eye.get("right", ""),
             "left_eye": by_eye.get("left", ""),
             "other_eyes": "; ".join(e.urgency.label for e in p.eyes if e.eye == "unknown"),
             "photos": sum(len(e.images) for e in p.eyes), "review": p.review,
@@ -147,15 +165,17 @@ def _patient_rows(wl: Worklist) -> list[dict[str, Any]]:
 
 
 def _row_guidance(item: ImageItem, programme: str = PROGRAMMES[0]) -> str:
-    """The stored grade's guideline text (the grade came from core.grading.decide)."""
+    """The stored grade's and DME flag's guideline text (both came from core.grading.decide)."""
     r = item.primary
     gradable = item.urgency != Urgency.UNGRADABLE and r is not None and r.grade is not None
-    return follow_up(r.grade if gradable else None, programme, gradable=gradable).action
+    return follow_up(r.grade if gradable else None, programme, gradable=gradable,
+                     dme=r.dme if gradable else None).action
 
 
 def _guidance(p: PatientOutcome, programme: str = PROGRAMMES[0]):
     gradable = p.urgency != Urgency.UNGRADABLE and p.grade is not None
-    return follow_up(p.grade if gradable else None, programme, gradable=gradable)
+    return follow_up(p.grade if gradable else None, programme, gradable=gradable,
+                     dme=p.dme if gradable else None)
 
 
 # ---------------------------------------------------------------- PDF
@@ -243,17 +263,30 @@ def _run_pages(pdf: _Pdf, info: RunInfo, wl: Worklist) -> None:
                  + (f"grade cut points {', '.join(_fmt(c) for c in cuts)}, " if cuts else "")
                  + ("severe NPDR vs PDR by the more probable, "
                     if cfg.get("vt_grade_by_probability") else "")
+                 + (f"DME threshold {_fmt(cfg.get('dme_threshold'))}, "
+                    if cfg.get("dme_threshold") is not None else "no DME output, ")
                  + f"input {cfg.get('preprocessing', {}).get('input_size')} px.")
+    pdf.para(_dme_legend(info))
     pdf.ln(2)
     pdf.heading("Summary (patients per urgency)", 11)
     pdf.grid(("result", "count"), list(wl.counts().items()), (120, 40))
     pdf.ln(3)
     pdf.heading("Worklist by patient (most urgent first)", 11)
-    rows = [(p.patient, p.urgency.label, p.grade, p.p_referable,
+    has_dme = _has_dme(info)
+    rows = [(p.patient, p.urgency.label, p.grade, p.p_referable, dme_cell(p.dme, has_dme),
              ", ".join(f"{e.eye}: {e.urgency.label}" for e in p.eyes),
              "yes" if p.review else "") for p in wl.patients]
-    pdf.grid(("patient", "urgency", "worst grade", "p(referable)", "eyes", "review"), rows,
-             (22, 34, 14, 16, 86, 12))
+    pdf.grid(("patient", "urgency", "worst grade", "p(referable)", "DME", "eyes", "review"),
+             rows, (22, 34, 14, 16, 16, 70, 12))
+
+
+def _dme_legend(info: RunInfo) -> str:
+    """What the DME column means (CLINICAL.md: "not assessed" unless a bundle has the output)."""
+    if not _has_dme(info):
+        return DME_NOT_ASSESSED + "."
+    return (f"DME (macular oedema) from the model's DME output at its threshold: {DME_SCOPE}. "
+            "DME makes a photo referable whatever its grade; 'not assessed': a model without "
+            "a DME output.")
 
 
 def _patient_page(pdf: _Pdf, store: Store, info: RunInfo, p: PatientOutcome,
@@ -261,18 +294,23 @@ def _patient_page(pdf: _Pdf, store: Store, info: RunInfo, p: PatientOutcome,
     pdf.heading(f"Patient {p.patient} - run {info.id} - research use only")
     guidance = _guidance(p, programme)
     pdf.para(f"Result: {p.urgency.label}; worst grade "
-             f"{GRADE_NAMES[p.grade] if p.grade is not None else 'none (ungradable)'}"
+             f"{GRADE_NAMES[p.grade] if p.grade is not None else 'none (ungradable)'}; "
+             f"DME: {dme_cell(p.dme, _has_dme(info))}"
              f"{'; needs human review' if p.review else ''}.")
     pdf.para(f"Follow-up ({guidance.programme}, {guidance.category}): {guidance.action} "
              f"{guidance.caveat}")
     for eye in p.eyes:
         pdf.ln(2)
-        pdf.heading(f"Eye: {eye.eye} - {eye.urgency.label}", 11)
+        pdf.heading(f"Eye: {eye.eye} - {eye.urgency.label}; DME: "
+                    f"{dme_cell(eye.dme, _has_dme(info))}", 11)
         for item in eye.images:
-            _image_block(pdf, store, item, heatmap)
+            _image_block(pdf, store, item, heatmap, info)
+    pdf.ln(2)
+    pdf.para(_dme_legend(info), size=7.5)
 
 
-def _image_block(pdf: _Pdf, store: Store, item: ImageItem, heatmap: HeatmapFn | None) -> None:
+def _image_block(pdf: _Pdf, store: Store, item: ImageItem, heatmap: HeatmapFn | None,
+                 info: RunInfo) -> None:
     f, r = item.file, item.primary
     if pdf.get_y() > pdf.h - pdf.b_margin - 50:
         pdf.add_page()
@@ -295,6 +333,8 @@ def _image_block(pdf: _Pdf, store: Store, item: ImageItem, heatmap: HeatmapFn | 
                   f"probability of this grade {_fmt(r.confidence, 2)}",
                   f"Referable: {_fmt(r.referable) or 'not graded'}; vision-threatening: "
                   f"{_fmt(r.vtdr) or 'not graded'}",
+                  dme_statement(r.p_dme, r.dme, _model_settings(info).get(
+                      r.bundle_key, {}).get("dme_threshold")),
                   f"Follow-up: {_row_guidance(item)}",
                   f"Quality: {r.quality_level}"
                   + (f" ({'; '.join(r.quality_reasons)})" if r.quality_reasons else ""),

@@ -50,3 +50,7 @@ class ResultRow:
     error: str | None = None
     created_at: str = ""
     review_reasons: tuple[str, ...] = ()  # core.grading.Decision.review_reasons
+    # DME output (issue 33): calibrated p(DME) and the flag at the bundle's threshold; both None
+    # where the bundle has no DME output (not assessed) or the photo was ungradable
+    p_dme: float | None = None
+    dme: bool | None = None

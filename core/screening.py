@@ -360,7 +360,8 @@ def _row(f: FileRow, p: Any, key: str) -> ResultRow:
         f.run_id, f.file, f.content_hash, f.patient, f.eye, f.field_index, p.model, p.version,
         key, p.grade, p.probs, p.p_referable, p.p_vision_threatening, p.referable,
         p.vision_threatening, p.confidence, p.quality.level, tuple(p.quality.reasons),
-        int(p.urgency), review_reasons=tuple(p.review_reasons))
+        int(p.urgency), review_reasons=tuple(p.review_reasons),
+        p_dme=p.p_dme, dme=p.dme)
 
 
 class _Meter:

@@ -161,6 +161,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
        # that read scanned the whole trail, which only ever grows (soak benchmark)
         "CREATE INDEX audit_run ON audit(run_id, created_at)",
     ),
+    (  # 4: a bundle's DME output (issue 33); NULL = not assessed, as every older row was
+        "ALTER TABLE results ADD COLUMN p_dme REAL",
+        "ALTER TABLE results ADD COLUMN dme INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -502,7 +506,7 @@ def _result_params(r: ResultRow, now: str) -> tuple:
         v = getattr(r, name)
         if name in ("probs", "quality_reasons", "review_reasons"):
             v = None if v is None else json.dumps(list(v))
-        elif name in ("referable", "vtdr") and v is not None:
+        elif name in ("referable", "vtdr", "dme") and v is not None:
             v = int(bool(v))
         elif name == "created_at":
             v = v or now
@@ -515,6 +519,6 @@ def _result_from_row(row: sqlite3.Row) -> ResultRow:
     data["probs"] = None if data["probs"] is None else tuple(json.loads(data["probs"]))
     data["quality_reasons"] = tuple(json.loads(data["quality_reasons"] or "[]"))
     data["review_reasons"] = tuple(json.loads(data["review_reasons"] or "[]"))
-    for flag in ("referable", "vtdr"):
+    for flag in ("referable", "vtdr", "dme"):
         data[flag] = None if data[flag] is None else bool(data[flag])
     return ResultRow(**data)

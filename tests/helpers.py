@@ -40,9 +40,17 @@ def tiny_manifest(name: str = "tiny", arch: ArchitectureSpec = TINY_CNN, **over)
 
 
 def make_tiny_bundle(folder: Path, name: str = "tiny", arch: ArchitectureSpec = TINY_CNN,
-                     seed: int = 0, **over) -> Bundle:
+                     seed: int = 0, *, dme: bool = False, **over) -> Bundle:
+    """dme=True: a DME head (a 6th logit), outputs listing "dme" and dme_threshold 0.5."""
+    import dataclasses
+
     import torch
 
+    if dme:
+        arch = ArchitectureSpec(arch.builder, {**arch.kwargs, "dme_head": True})
+        over.setdefault("outputs", ("icdr_grade", "dme"))
+        over["calibration"] = dataclasses.replace(over.get("calibration", CalibrationSpec()),
+                                                  dme_threshold=0.5)
     torch.manual_seed(seed)
     model = build_model(arch.builder, arch.kwargs).eval()
     return save_bundle(folder / name, tiny_manifest(name, arch, **over), model.state_dict())

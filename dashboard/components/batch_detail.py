@@ -18,11 +18,14 @@ import streamlit as st
 from core.bundle import Bundle
 from core.errors import DRError
 from core.grading import (
-    DME_NOT_ASSESSED,
+    DME_HEADLINE,
     GRADE_NAMES,
     HEADLINES,
     NOT_FUNDUS_HEADLINE,
+    REFERABLE_MIN_GRADE,
     Urgency,
+    dme_cell,
+    dme_statement,
     follow_up,
     format_against,
     format_probability,
@@ -66,6 +69,9 @@ def headline(item: ImageItem) -> tuple[str, str]:
     kind = _KIND[item.urgency]
     if kind == "success" and item.review:
         kind = "info"
+    r = item.primary
+    if r is not None and r.dme and r.grade is not None and r.grade < REFERABLE_MIN_GRADE:
+        return kind, DME_HEADLINE  # referable on macular oedema alone: say why
     return kind, HEADLINES[item.urgency]
 
 
@@ -122,6 +128,12 @@ def _settings(info: RunInfo, row: ResultRow) -> ModelRunSettings:
     return found or ModelRunSettings(name=row.model, version=row.version, demo=False, tier="")
 
 
+def dme_flag(dme: bool | None, threshold: float | None) -> str:
+    """YES / no / not assessed (the run's bundle had no DME output) / not graded."""
+    word = dme_cell(dme, threshold is not None)
+    return {"yes": "YES"}.get(word, word)
+
+
 def _p_line(label: str, p: float | None, threshold: object) -> str:
     if p is None:
         return f"{label}: -"
@@ -146,15 +158,18 @@ def result_ui(info: RunInfo, item: ImageItem, programme: str) -> None:
         st.info("No stored result for this photo.")
         return
     cfg = _settings(info, row)
+    dme_line = dme_statement(row.p_dme, row.dme, cfg.dme_threshold)
     if row.grade is None:
         reasons = ", ".join(row.quality_reasons) or row.quality_level or "quality gate"
         st.markdown(f"Photo quality: **{row.quality_level}** ({reasons}). No grade is given for "
                     "an ungradable photo. **Re-image, or refer for a standard eye "
                     "examination.**")
+        st.caption(dme_line)
     else:
         st.markdown(f"#### Suggested grade: {GRADE_NAMES[row.grade]} (ICDR {row.grade})  \n"
                     f"Referable DR: **{'YES' if row.referable else 'no'}** - "
-                    f"vision-threatening DR: **{'YES' if row.vtdr else 'no'}**")
+                    f"vision-threatening DR: **{'YES' if row.vtdr else 'no'}** - "
+                    f"macular oedema (DME): **{dme_flag(row.dme, cfg.dme_threshold)}**")
         st.markdown("  \n".join([
             _p_line("P(referable DR)", row.p_referable, cfg.referable_threshold),
             _p_line("P(vision-threatening DR)", row.p_vision_threatening,
@@ -162,13 +177,13 @@ def result_ui(info: RunInfo, item: ImageItem, programme: str) -> None:
             f"Probability of this grade: **{row.confidence:.0%}**",
             f"Photo quality: {row.quality_level}"
             + (f" ({', '.join(row.quality_reasons)})" if row.quality_reasons else ""),
-            DME_NOT_ASSESSED]))
+            f"**{dme_line}**" if row.dme else dme_line]))
     if item.review_reasons:
         st.warning("Needs review: " + "; ".join(item.review_reasons))
     for other in item.others:
         st.caption(f"Also screened with {other.model} {other.version}: "
                    + ("ungradable" if other.grade is None else f"grade {other.grade}"))
-    g = follow_up(row.grade, programme, gradable=row.grade is not None)
+    g = follow_up(row.grade, programme, gradable=row.grade is not None, dme=row.dme)
     st.info(f"**Follow-up guidance ({g.programme}), {g.category}:** {g.action}")
     if g.caveat:
         st.caption(g.caveat)
@@ -203,7 +218,7 @@ def images_ui(item: ImageItem, data: bytes | str, bundle: Bundle | None, thumb: 
     shown = item.primary.grade if item.primary is not None else None
     with right:
         slot = st.empty()
-        target = target_ui(shown, key=f"{key}-target")
+        target = target_ui(shown, key=f"{key}-target", has_dme=bundle.manifest.has_dme)
         exp = explanation_for(analysis, target=target)
         if isinstance(exp, str):
             slot.warning(exp)

@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from core.bundle import Bundle
-from core.grading import GRADE_NAMES, near_chance_reason
+from core.grading import (
+    DME_CELL_NOT_ASSESSED,
+    DME_CELL_NOT_GRADED,
+    GRADE_NAMES,
+    near_chance_reason,
+)
 from dashboard.components.analysis import Analysis
 from dashboard.components.bundles import TIER_NAMES
 
@@ -56,7 +61,8 @@ def compare_row(a: Analysis, params: int | None) -> dict[str, Any]:
     reason = not_counted_reason(a.bundle)
     row: dict[str, Any] = {  # the decision first; why a tier has no vote after it
         "bundle": f"{m.name} {m.version}", "tier": TIER_NAMES.get(m.tier, m.tier),
-        "grade": "", "referable": "", "p_referable": None, "needs review": "",
+        "grade": "", "referable": "", "p_referable": None,
+        "DME": DME_CELL_NOT_ASSESSED if not m.has_dme else "", "needs review": "",
         "counted for agreement": "yes" if reason is None else f"no - {reason}",
         "result": "", "demo": "DEMO" if m.demo else "", "latency_ms": None,
         "parameters": params}
@@ -66,14 +72,24 @@ def compare_row(a: Analysis, params: int | None) -> dict[str, Any]:
     p = a.prediction
     row["latency_ms"] = round(p.latency_ms, 1)
     if not p.gradable:
+        row["DME"] = DME_CELL_NOT_GRADED if m.has_dme else DME_CELL_NOT_ASSESSED
         row["result"] = p.decision.headline if p.decision is not None else \
             "Ungradable - re-image or refer"
         return row
     row.update(result=p.decision.headline if p.decision is not None else "graded",
                grade=f"{p.grade} {GRADE_NAMES[p.grade]}",
                referable="YES" if p.referable else "no", p_referable=round(p.p_referable, 3),
+               DME=dme_column(p),
                **{"needs review": "; ".join(p.review_reasons)})
     return row
+
+
+def dme_column(p: Any) -> str:
+    """The Compare DME cell of a graded photo: YES / no with p(DME), or not assessed (a tier
+    without a DME output must not look like a "no")."""
+    if p.dme is None or p.p_dme is None:
+        return DME_CELL_NOT_ASSESSED
+    return f"{'YES' if p.dme else 'no'} (p {p.p_dme:.2f})"
 
 
 def grey_uncounted(row: Any) -> list[str]:

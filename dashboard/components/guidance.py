@@ -15,8 +15,10 @@ def programme_ui(*, key: str) -> str:
 
 
 def guidance_ui(prediction: Prediction, programme: str) -> None:
-    """Guideline action plus the programme's mapping caveat; never an instruction."""
-    g = follow_up(prediction.grade, programme, gradable=prediction.gradable)
+    """Guideline action plus the programme's mapping caveat; never an instruction. DME is
+    passed so a grade 0-1 photo with macular oedema is not told to rescreen."""
+    g = follow_up(prediction.grade, programme, gradable=prediction.gradable,
+                  dme=prediction.dme)
     st.markdown(f"**Follow-up guidance ({g.programme})** - category **{g.category}**")
     st.info(g.action, icon=":material/event:")
     if g.caveat:

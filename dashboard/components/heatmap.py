@@ -79,13 +79,20 @@ def target_label(target: int | str, displayed_grade: int | None) -> str:
         return f"the displayed grade ({target} {GRADE_NAMES[int(target)]})"
     if target == "referable":
         return "referable (grades 2-4) - not the displayed grade"
+    if target == "dme":
+        return DME_TARGET_LABEL
     return f"grade {target} ({GRADE_NAMES[int(target)]}) - not the displayed grade"
 
 
-def target_ui(displayed_grade: int | None, *, key: str) -> int | str:
-    """Which class the heatmap explains: the displayed grade first; others labelled as such."""
+DME_TARGET_LABEL = "DME output (macular oedema)"
+
+
+def target_ui(displayed_grade: int | None, *, key: str, has_dme: bool = False) -> int | str:
+    """Which class the heatmap explains: the displayed grade first; others labelled as such.
+    The DME output is offered only by a bundle that has one (Predictor.has_dme)."""
     first = displayed_target(displayed_grade)
-    options = [first] + [g for g in range(len(GRADE_NAMES)) if g != first] + ["referable"]
+    options = ([first] + [g for g in range(len(GRADE_NAMES)) if g != first] + ["referable"]
+               + (["dme"] if has_dme else []))
     choice = st.selectbox("Heatmap explains", options, key=key,
                           format_func=lambda t: target_label(t, displayed_grade))
     return first if choice is None else choice

@@ -11,12 +11,14 @@ import json
 import streamlit as st
 
 from core.grading import (
-    DME_NOT_ASSESSED,
+    DME_SCOPE,
     GRADE_NAMES,
     HEADLINES,
     NOT_FUNDUS_HEADLINE,
     VT_GRADE_BY_PROBABILITY_WORDS,
     Urgency,
+    dme_cell,
+    dme_statement,
     format_against,
 )
 from core.predict import Prediction
@@ -48,8 +50,27 @@ def card_fields(prediction: Prediction) -> dict[str, str]:
                       f"{prediction.grade} - {GRADE_NAMES[prediction.grade]}"),
             "referable": _yes_no(prediction.referable),
             "vision_threatening": _yes_no(prediction.vision_threatening),
+            "dme": dme_flag(prediction),
+            "dme_statement": dme_line(prediction),
             "urgency": prediction.urgency.label,
             "review": "; ".join(prediction.review_reasons)}
+
+
+def _dme_threshold(prediction: Prediction) -> float | None:
+    s = prediction.settings
+    return None if s is None else s.dme_threshold
+
+
+def dme_flag(prediction: Prediction) -> str:
+    """The DME metric beside referable / vision-threatening: YES / no / not assessed (no DME
+    output) / not graded (ungradable photo)."""
+    word = dme_cell(prediction.dme, _dme_threshold(prediction) is not None)
+    return {"yes": "YES"}.get(word, word)
+
+
+def dme_line(prediction: Prediction) -> str:
+    """The card's DME sentence (core.grading.dme_statement), with p(DME) against its threshold."""
+    return dme_statement(prediction.p_dme, prediction.dme, _dme_threshold(prediction))
 
 
 def quality_text(quality: QualityReport) -> str:
@@ -82,11 +103,15 @@ def decision_ui(prediction: Prediction) -> None:
     getattr(st, kind)(f"**{headline(prediction)}**", icon=icon)
     review_ui(prediction)
     s = prediction.settings
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c4, c3 = st.columns(4)
     c1.metric("Referable DR", _yes_no(prediction.referable),
-              help="P(grade >= 2) at the bundle's referable threshold (or vision-threatening).")
+              help="P(grade >= 2) at the bundle's referable threshold (or vision-threatening, "
+                   "or macular oedema where the bundle has a DME output).")
     c2.metric("Vision-threatening DR", _yes_no(prediction.vision_threatening),
               help="P(grade >= 3) compared with the bundle's vision-threatening threshold.")
+    c4.metric("Macular oedema (DME)", dme_flag(prediction),
+              help="The bundle's DME output at its own threshold: DME makes a photo referable "
+                   f"whatever its grade. {DME_SCOPE}.")
     c3.metric("Gradable", "YES" if prediction.gradable else "NO",
               help="Image-quality gate (EyeQ levels good / usable / reject).")
     if prediction.gradable and s is not None:  # typed: a renamed field fails, never shows 0
@@ -94,6 +119,9 @@ def decision_ui(prediction: Prediction) -> None:
             *format_against(prediction.p_referable, s.referable_threshold)))
         c2.caption("p = {} (threshold {})".format(
             *format_against(prediction.p_vision_threatening, s.vision_threatening_threshold)))
+        if prediction.p_dme is not None and s.dme_threshold is not None:
+            c4.caption("p = {} (threshold {})".format(
+                *format_against(prediction.p_dme, s.dme_threshold)))
     c3.caption(f"Quality: {quality_text(prediction.quality)}")
     if not prediction.gradable:
         st.markdown("No grade is given for an ungradable photo. **Re-image, or refer for a "
@@ -103,12 +131,12 @@ def decision_ui(prediction: Prediction) -> None:
 def grade_ui(prediction: Prediction, *, key: str = "") -> None:
     """Grade name and number, confidence, DME statement and the probability chart."""
     if not prediction.gradable:
-        st.caption(DME_NOT_ASSESSED)
+        st.caption(dme_line(prediction))
         return
     g = prediction.grade
     st.markdown(f"#### Suggested grade: {GRADE_NAMES[g]} (ICDR {g})")
     st.markdown(f"Probability of this grade: **{prediction.confidence:.0%}**  \n"
-                f"{DME_NOT_ASSESSED}")
+                + (f"**{dme_line(prediction)}**" if prediction.dme else dme_line(prediction)))
     top = max(range(len(prediction.probs)), key=lambda k: prediction.probs[k])
     if top != g:
         st.caption(band_note(prediction, top))
@@ -146,6 +174,8 @@ def settings_rows(prediction: Prediction) -> dict[str, str]:
         "Temperature": str(s.temperature),
         "Referable threshold": str(s.referable_threshold),
         "Vision-threatening threshold": str(s.vision_threatening_threshold),
+        "DME threshold": ("no DME output (not assessed)" if s.dme_threshold is None
+                          else str(s.dme_threshold)),
         "Grade decided by": DECIDED_BY + ("the most probable grade in that band" if not
                                           s.grade_thresholds else
                                           "cut points " + _cuts(s.grade_thresholds)

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from core.grading import GRADE_NAMES, NOT_FUNDUS_HEADLINE, Urgency, follow_up
+from core.grading import (
+    DME_CELL_NOT_ASSESSED,
+    DME_CELL_NOT_GRADED,
+    GRADE_NAMES,
+    NOT_FUNDUS_HEADLINE,
+    Urgency,
+    follow_up,
+)
 from core.patients import EyeOutcome, ImageItem, PatientOutcome, Worklist
 from core.quality import NOT_FUNDUS
 from core.store import Store
@@ -74,6 +81,17 @@ def _eye(eye: str) -> str:
     return {"right": "right (OD)", "left": "left (OS)"}.get(eye, "unknown")
 
 
+def dme_text(dme: bool | None, p_dme: float | None, *, graded: bool) -> str:
+    """A DME cell: "YES (p 0.62)" / "no (p 0.10)"; "not graded" for an ungradable photo / eye,
+    "not assessed" for a graded one whose bundle has no DME output (never a bare "no")."""
+    if not graded:
+        return DME_CELL_NOT_GRADED
+    if dme is None:
+        return DME_CELL_NOT_ASSESSED
+    shown = "" if p_dme is None else f" (p {p_dme:.2f})"
+    return ("YES" if dme else "no") + shown
+
+
 def _fraction(p: float | None) -> float | None:
     return None if p is None else round(float(p), 3)
 
@@ -90,6 +108,8 @@ def photos_frame(items: Sequence[ImageItem], store: Store, *,
             "urgency": item.urgency.label, "file": f.file, "patient": f.patient,
             "eye": _eye(f.eye), "grade": "-" if error else _grade(r.grade if r else None),
             "p(referable)": _fraction(r.p_referable if r else None),
+            "DME": dme_text(r.dme if r else None, r.p_dme if r else None,
+                            graded=not error and r is not None and r.grade is not None),
             "confidence": _fraction(r.confidence if r else None),
             "needs review": "; ".join(item.review_reasons),
             "problem": error or (NOT_FUNDUS_HEADLINE if r is not None
@@ -99,23 +119,26 @@ def photos_frame(items: Sequence[ImageItem], store: Store, *,
             "quality notes": ", ".join(r.quality_reasons) if r is not None else "",
         })
     return pd.DataFrame(rows, columns=["photo", "urgency", "file", "patient", "eye", "grade",
-                                       "p(referable)", "confidence", "needs review", "problem",
-                                       "quality", "quality notes"])
+                                       "p(referable)", "DME", "confidence", "needs review",
+                                       "problem", "quality", "quality notes"])
 
 
 def eyes_frame(eyes: Sequence[EyeOutcome]) -> pd.DataFrame:
     rows = [{"urgency": e.urgency.label, "patient": e.patient, "eye": _eye(e.eye),
              "worst grade": _grade(e.grade), "p(referable)": _fraction(e.p_referable),
+             "DME": dme_text(e.dme, e.p_dme, graded=e.grade is not None),
              "photos": len(e.images), "needs review": "yes" if e.review else ""}
             for e in sorted(eyes, key=lambda e: (-e.urgency, e.patient, e.eye))]
     return pd.DataFrame(rows, columns=["urgency", "patient", "eye", "worst grade",
-                                       "p(referable)", "photos", "needs review"])
+                                       "p(referable)", "DME", "photos", "needs review"])
 
 
 def patient_guidance(p: PatientOutcome, programme: str) -> str:
-    """Guideline text for the patient's worst eye; ungradable means re-image or refer."""
+    """Guideline text for the patient's worst eye and DME in either eye; ungradable means
+    re-image or refer."""
     gradable = p.urgency != Urgency.UNGRADABLE and p.grade is not None
-    g = follow_up(p.grade if gradable else None, programme, gradable=gradable)
+    g = follow_up(p.grade if gradable else None, programme, gradable=gradable,
+                  dme=p.dme if gradable else None)
     return f"{g.category}: {g.action.removeprefix('Guideline: ')}"
 
 
@@ -127,12 +150,13 @@ def patients_frame(patients: Sequence[PatientOutcome], programme: str) -> pd.Dat
             "urgency": p.urgency.label, "patient": p.patient,
             "right eye": eyes.get("right", ""), "left eye": eyes.get("left", ""),
             "worst grade": _grade(p.grade), "p(referable)": _fraction(p.p_referable),
+            "DME": dme_text(p.dme, p.p_dme, graded=p.grade is not None),
             "photos": sum(len(e.images) for e in p.eyes), "unreadable": p.n_errors,
             "needs review": "yes" if p.review else "",
             "follow-up guidance": patient_guidance(p, programme)})
     return pd.DataFrame(rows, columns=["urgency", "patient", "right eye", "left eye",
-                                       "worst grade", "follow-up guidance", "needs review",
-                                       "p(referable)", "photos", "unreadable"])
+                                       "worst grade", "DME", "follow-up guidance",
+                                       "needs review", "p(referable)", "photos", "unreadable"])
 
 
 def _colour(label: object) -> str:
@@ -186,6 +210,7 @@ PHOTO_COLUMNS = {
     "p(referable)": st.column_config.NumberColumn(
         "p(referable)", format="%.2f", help="Model probability of grade 2 or worse."),
     "confidence": st.column_config.NumberColumn("confidence", format="%.2f"),
+    "DME": st.column_config.TextColumn("DME", width=110),
 }
 
 
@@ -212,6 +237,8 @@ TABLE_COLUMNS = {
     "left eye": st.column_config.TextColumn(width=230),
     "eye": st.column_config.TextColumn(width=100),
     "worst grade": st.column_config.TextColumn(width=150),
+    "DME": st.column_config.TextColumn(width=110, help="Macular oedema output at its threshold; "
+                                       "not assessed: the model has no DME output."),
     "photos": st.column_config.NumberColumn(width=60),
     "unreadable": st.column_config.NumberColumn(width=80),
     "needs review": st.column_config.TextColumn(width=100),

@@ -31,7 +31,7 @@ from dashboard.components.heatmap import (
 )
 from dashboard.components.notice import demo_notice_ui, licence_notice_ui, research_notice_ui
 from dashboard.components.probability_chart import probability_figure
-from dashboard.components.result_card import quality_text
+from dashboard.components.result_card import dme_line, quality_text
 from dashboard.components.upload import photo_inputs_ui, unique_photos
 
 COLUMNS = {"p_referable": st.column_config.NumberColumn("p(referable)", format="%.3f"),
@@ -109,7 +109,7 @@ for photo in photos:
                 cols[1].warning("Ungradable - re-image or refer: " + ", ".join(p.quality.reasons))
                 continue
             cols[1].markdown(f"{p.decision.headline if p.decision else ''} - grade "
-                             f"**{p.grade}**" + ("  \n:orange[Needs review: "
+                             f"**{p.grade}**  \n{dme_line(p)}" + ("  \n:orange[Needs review: "
                                                  + "; ".join(p.review_reasons) + "]"
                                                  if p.review_reasons else ""))
             cols[1].plotly_chart(probability_figure(p.probs, p.grade, height=170, compact=True),

@@ -9,6 +9,7 @@ from core.grading import GRADE_NAMES
 from dashboard.components.analysis import analysis_for, explanation_for, load_predictor
 from dashboard.components.bundles import bundle_selector_ui, explain_methods, graders, installed
 from dashboard.components.heatmap import (
+    DME_TARGET_LABEL,
     displayed_target,
     heatmap_caption,
     opacity_ui,
@@ -22,7 +23,7 @@ from dashboard.components.result_card import headline
 from dashboard.components.upload import photo_inputs_ui
 
 TARGETS = ("the displayed grade", "another grade (not the displayed one)",
-           "referable (grades 2-4)")
+           "referable (grades 2-4)", DME_TARGET_LABEL)
 
 research_notice_ui()
 st.title("Explain a result")
@@ -50,7 +51,9 @@ default = [m for m in (bundle.manifest.explanation.method, *second) if m in meth
 c1, c2, c3 = st.columns([3, 2, 2])
 methods = c1.multiselect("Methods", methods_ok, default=list(dict.fromkeys(default)),
                          key="explain-methods")
-target_kind = c2.radio("Explain", TARGETS, key="explain-target")
+# the DME output only where the bundle has one (Predictor.has_dme)
+target_kind = c2.radio("Explain", TARGETS if predictor.has_dme else TARGETS[:3],
+                       key="explain-target")
 # shown only when it is used: a greyed-out "0 No DR" beside a grade-3 card reads as a contradiction
 chosen = (c2.selectbox("Grade", range(5), format_func=lambda g: f"{g} {GRADE_NAMES[g]}",
                        key="explain-grade") if target_kind == TARGETS[1] else None)
@@ -78,7 +81,7 @@ if not methods:
     st.stop()
 
 target: int | str = {TARGETS[0]: displayed_target(pred.grade), TARGETS[1]: int(chosen or 0),
-                     TARGETS[2]: "referable"}[target_kind or TARGETS[0]]
+                     TARGETS[2]: "referable", TARGETS[3]: "dme"}[target_kind or TARGETS[0]]
 with st.spinner("Computing heatmaps..."):
     results = {m: explanation_for(analysis, m, target) for m in methods}
 maps = {m: e for m, e in results.items() if not isinstance(e, str)}

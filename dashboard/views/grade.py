@@ -84,7 +84,8 @@ def _images(a: Analysis) -> None:
             st.caption("No heatmap: the photo is ungradable.")
             return
         slot = st.empty()  # the picture above its controls, level with the other two
-        target = target_ui(a.prediction.grade, key=f"target-{a.photo.fingerprint}")
+        target = target_ui(a.prediction.grade, key=f"target-{a.photo.fingerprint}",
+                           has_dme=bundle.manifest.has_dme)
         exp = explanation_for(a, target=target)
         if isinstance(exp, str):
             slot.warning(exp)

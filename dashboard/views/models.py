@@ -50,7 +50,9 @@ def _facts(bundle: Bundle) -> None:
                         m.license or "not stated", m.provenance.training_data,
                         m.base_bundle or "none",
                         f"{m.calibration.referable_threshold:.3f} / "
-                        f"{m.calibration.vision_threatening_threshold:.3f}",
+                        f"{m.calibration.vision_threatening_threshold:.3f}"
+                        + (f"; DME {m.calibration.dme_threshold:.3f}"
+                           if m.calibration.dme_threshold is not None else ""),
                         grade_rule(m.calibration.grade_thresholds,
                                    m.calibration.vt_grade_by_probability),
                         f"{m.calibration.temperature:.3f}"]}, hide_header=True)

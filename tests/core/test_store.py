@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import subprocess
@@ -180,3 +181,36 @@ def test_opening_while_another_connection_writes_a_new_database_waits(tmp_path):
         other.close()
     assert store.schema_version() > 0
     assert store._row("PRAGMA journal_mode")[0] == "wal"
+
+
+def test_dme_migration_keeps_old_rows_not_assessed_and_round_trips(tmp_path):
+    """Issue 33: a schema-3 database (before DME) opens, its rows read as not assessed, and a
+    DME result is written and read back (p_dme, and the flag as a bool, not 0/1)."""
+    from core.store import MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    for version in range(3):
+        for statement in MIGRATIONS[version]:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version=3")
+    conn.execute("INSERT INTO runs (created_at, source, models, settings, status) "
+                 "VALUES ('2026-01-01', 'x', '[]', '{}', 'running')")
+    conn.execute("INSERT INTO results (run_id, file, content_hash, patient, eye, field_index, "
+                 "model, version, bundle_key, grade, urgency, created_at) "
+                 "VALUES (1, 'a_left.jpg', 'ha', 'a', 'left', 1, 'm', '1', 'k', 1, 1, 'now')")
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert store.schema_version() == SCHEMA_VERSION >= 4
+    (old,) = store.results_for_run(1)
+    assert (old.grade, old.p_dme, old.dme) == (1, None, None)
+    files, results = _rows(1, 3, prefix="g")
+    results = [dataclasses.replace(results[0], p_dme=0.71, dme=True),
+               dataclasses.replace(results[1], p_dme=0.05, dme=False), results[2]]
+    store.add_batch(files, results)
+    got = {r.file: r for r in store.results_for_run(1)}
+    assert (got["g0_left.jpg"].p_dme, got["g0_left.jpg"].dme) == (0.71, True)
+    assert (got["g1_left.jpg"].p_dme, got["g1_left.jpg"].dme) == (0.05, False)
+    assert (got["g2_left.jpg"].p_dme, got["g2_left.jpg"].dme) == (None, None)
+    assert got["g0_left.jpg"].dme is True  # a bool, as written

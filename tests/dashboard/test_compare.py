@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.grading import NOT_FUNDUS_HEADLINE
+from core.grading import DME_NOT_ASSESSED, NOT_FUNDUS_HEADLINE
 from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE, heatmap_off_field
 from dashboard.components.compare_table import DISAGREE, TOO_FEW
 from tests.dashboard.pages_support import (
@@ -40,6 +40,9 @@ def test_every_grader_gets_a_row(app):
     assert list(table.loc[table["bundle"] == "tiny-cnn 0.1", "demo"]) == ["DEMO"]
     assert (table["latency_ms"] > 0).all() and (table["parameters"] > 1000).all()
     assert table["p_referable"].between(0, 1).all()
+    # no tiny bundle has a DME output (issue 33): "not assessed", in the table and each card
+    assert set(table["DME"]) == {"not assessed"}
+    assert sum(DME_NOT_ASSESSED in m for m in texts(app, "markdown")) == 3
     assert len(app.get("plotly_chart")) == 3
     assert len(app.get("image")) == 4  # the un-annotated photo + one heatmap per bundle
     # the row of the un-annotated photo says what it is and its quality (it was blank)

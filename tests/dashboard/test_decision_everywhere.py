@@ -54,7 +54,7 @@ def test_card_worklist_csv_and_pdf_show_one_decision(predictor, prepared, tmp_pa
     assert prepared.quality.gradable, prepared.quality
     rule = Thresholds(t_ref, t_vt, cuts)
     with mock.patch.object(predictor, "thresholds", rule), \
-            mock.patch.object(predictor, "probabilities", lambda batch: np.array([probs])), \
+            mock.patch.object(predictor, "scores", lambda batch: (np.array([probs]), None)), \
             mock.patch.object(grading, "decide", wraps=grading.decide) as decide:
         pred = predictor.predict_prepared([prepared])[0]
         assert decide.call_count == 1  # one call decided this photo
