@@ -162,7 +162,7 @@ def test_the_setting_reads_one_or_zero(monkeypatch):
 def test_training_keeps_a_bundle_whose_graph_fails_its_check(tmp_path, monkeypatch, capsys):
     """training.trainer.finalize attaches the graph with attach_or_warn: a failed check leaves the
     bundle without a graph (graded with PyTorch) and says so, never a lost training run."""
-    from training.interchange import export as export_mod
+    from training.common import onnx_export as export_mod
 
     bundle = make_tiny_bundle(tmp_path, "trained")
 

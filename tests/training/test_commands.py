@@ -18,7 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 OLD_NAMES = {"training.crossval": "training.evaluation.crossval",
              "training.import_retfound": "training.interchange.import_retfound",
-             "training.distill_encoder": "training.pretraining.distill_encoder"}
+             "training.distill_encoder": "training.pretraining.distill_encoder",
+             "training.multi_source": "training.evaluation.multi_source"}
 
 
 @pytest.mark.parametrize("old", sorted(OLD_NAMES))

@@ -114,7 +114,7 @@ def write_bundle(cfg: TrainConfig, setup: TierSetup, run_dir: Path, calibration:
     bundle = setup.export(out, manifest, card)
     if not cfg.onnx:
         return bundle
-    from training.interchange.export import attach_or_warn
+    from training.common.onnx_export import attach_or_warn
 
     return attach_or_warn(bundle)  # the CPU grades with it (core.onnx_engine)
 

@@ -15,8 +15,8 @@ from core.errors import BundleError, ConfigError
 from core.manifest import CalibrationSpec
 from core.wording import DEMO_NOTICE, RESEARCH_USE_NOTICE
 from tests.helpers import TINY_VIT, make_lora_bundles, make_tiny_bundle
-from training.interchange import export as export_mod
-from training.interchange.export import ExportCheckError, check_onnx, export_onnx, exportable_model, main
+from training.common import onnx_export as export_mod
+from training.common.onnx_export import ExportCheckError, check_onnx, export_onnx, exportable_model, main
 
 
 def _ort_logits(path, x: torch.Tensor) -> np.ndarray:
