@@ -228,6 +228,10 @@ def write_sidecar(bundle: Bundle, onnx_path: Path, check: ParityCheck, opset: in
 def _logits_meaning(cal) -> str:
     """How calibrated probabilities come from the graph's output, as core.predict computes them."""
     meaning = "raw logits; probs = softmax(logits / temperature)"
+    if cal.dme_threshold is not None:
+        meaning = ("raw logits, 6 columns: the 5 ICDR grades, probs = softmax(logits[:, :5] / "
+                   "temperature), then the DME head, p(DME) = sigmoid(logits[:, 5] / "
+                   "dme_temperature), DME if p(DME) >= dme_threshold")
     if cal.flip_tta:
         meaning += (", where logits = (graph(x) + graph(x mirrored left-right, i.e. flipped on "
                     "the width axis)) / 2: calibration.flip_tta, the temperature and thresholds "

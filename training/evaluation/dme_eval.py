@@ -49,6 +49,25 @@ def dme_bootstrap(rows: list[dict[str, Any]], reps: int, seed: int = 0) -> dict[
                   "n_dme": int(y.sum()), "threshold": threshold, "bootstrap_reps": reps}
 
 
+def implied_negative_bootstrap(rows: list[dict[str, Any]], reps: int, seed: int = 0
+                               ) -> dict[str, Any] | None:
+    """For a source without DME labels: how often the output says DME on its ICDR grade 0-1
+    photos, which have no exudates by the grade's definition (specificity against that
+    implied label, with its interval); None without such photos or a DME output."""
+    rows = [r for r in rows if str(r.get("p_dme", "")) != "" and int(r["grade"]) <= 1]
+    if not rows:
+        return None
+    called = np.array([float(r["p_dme"]) >= float(r["dme_threshold"]) for r in rows])
+    draws = [float((~called[idx]).mean())
+             for idx in patient_resamples([r["patient"] for r in rows], reps, seed)]
+    spec = {"value": float((~called).mean()),
+            "ci95": [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]}
+    none = {"value": None, "ci95": None}
+    return {"auroc": none, "sensitivity": none, "specificity": spec, "n_photos": len(rows),
+            "n_patients": len({r["patient"] for r in rows}), "n_dme": 0, "implied": True,
+            "threshold": float(rows[0]["dme_threshold"]), "bootstrap_reps": reps}
+
+
 def dme_table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown rows: source, photos (with DME), AUROC, sensitivity, specificity."""
     lines = ["| source | photos (DME) | DME AUROC | sensitivity | specificity |",
@@ -76,6 +95,8 @@ def attach_dme(bundle_path: Path, results: dict[str, dict[str, Any]]) -> None:
     manifest = replace(bundle.manifest, evaluation=evaluation)
     card_path = bundle_path / MODEL_CARD_FILE
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
-    section = (f"{SECTION}\n\nPositive class: {DME_POSITIVE_CLASS}. 95% intervals: bootstrap "
-               f"over examinations / images.\n\n{dme_table(results)}\n")
+    section = (f"{SECTION}\n\nPositive class: {DME_POSITIVE_CLASS}. A set without DME labels "
+               "is measured on its grade 0-1 photos only (no exudates, so no DME, by the grade's "
+               "definition): specificity alone. 95% intervals: bootstrap over patients / "
+               f"examinations / images.\n\n{dme_table(results)}\n")
     finalize_bundle(bundle_path, manifest, with_section(card, section))

@@ -37,7 +37,13 @@ from core.bundle import load_bundle
 from core.errors import DRError
 from training.evaluation.bootstrap import BOOTSTRAP_REPS, bootstrap, outcomes_from_rows, table
 from training.evaluation.crossval import fold_done, same_recipe
-from training.evaluation.dme_eval import attach_dme, dme_bootstrap, dme_table, has_dme
+from training.evaluation.dme_eval import (
+    attach_dme,
+    dme_bootstrap,
+    dme_table,
+    has_dme,
+    implied_negative_bootstrap,
+)
 from training.trainer.config import TrainConfig, load_config
 from training.trainer.datasets import LabelledImage, load_records
 
@@ -248,7 +254,9 @@ def run_all(cfg: TrainConfig, args: argparse.Namespace) -> str:
     text = report(sections, args.bootstrap)
     if dme_results:
         text += ("\n## DME output on the held-out split\n\nPhotos whose source grades DME "
-                 "(Messidor-2, IDRiD), decided at the bundle's own DME threshold.\n\n"
+                 "(Messidor-2, IDRiD), decided at the bundle's own DME threshold; for a source "
+                 "without DME labels (EyePACS), how often its grade 0-1 photos are called DME "
+                 "(specificity against the label those grades imply).\n\n"
                  + dme_table(dme_results) + "\n")
     (out / "per_source_report.md").write_text(text, encoding="utf-8")
     summary = out / "per_source_summary.json"
@@ -284,9 +292,12 @@ def dme_sections(rows: list[dict[str, Any]], reps: int, cfg: TrainConfig,
                      labelled(per_source(rows, reps, dme_in_truth=True), f"{name} on ")))
     out = {}
     for source in sorted({r["source"] for r in rows}):
-        result = dme_bootstrap([r for r in rows if r["source"] == source], reps)
+        sub = [r for r in rows if r["source"] == source]
+        result = dme_bootstrap(sub, reps)
         if result is not None:
             out[set_name(source)] = result
+        elif (implied := implied_negative_bootstrap(sub, reps)) is not None:
+            out[f"{set_name(source)} (grade 0-1: no exudates, so no DME)"] = implied
     return out
 
 

@@ -21,6 +21,7 @@ from core.manifest import CalibrationSpec
 from training.common.metrics import binary_auroc, choose_referable_threshold
 
 N_GRADES = 5
+IMPLIED_NEGATIVE_MAX_GRADE = 1  # ICDR 0-1: no lesion beyond microaneurysms, so no exudates
 NO_LABEL = -1  # a row whose source has no DME label: masked out of the loss and the metrics
 DME_LOSS_WEIGHT = 1.0
 # what the card says the positive class is, and how IDRiD's middle risk grade was used
@@ -31,9 +32,16 @@ DME_POSITIVE_CLASS = (
     "no DME label, so its photos train and test the grade only")
 
 
-def dme_labels(records: Sequence[Any]) -> np.ndarray:
-    """1 / 0 per record, NO_LABEL where its source grades no DME."""
-    return np.asarray([NO_LABEL if r.dme is None else int(r.dme) for r in records], np.int64)
+def dme_labels(records: Sequence[Any], *, implied_negative: bool = False) -> np.ndarray:
+    """1 / 0 per record, NO_LABEL where its source grades no DME; with implied_negative, an
+    unlabelled photo of ICDR grade 0-1 is 0 (no exudates by the grade's definition). Only
+    training uses implied labels: calibration and every reported figure use graded DME."""
+    def label(r: Any) -> int:
+        if r.dme is not None:
+            return int(r.dme)
+        return 0 if implied_negative and r.grade <= IMPLIED_NEGATIVE_MAX_GRADE else NO_LABEL
+
+    return np.asarray([label(r) for r in records], np.int64)
 
 
 def positive_weight(labels: Sequence[int]) -> float:

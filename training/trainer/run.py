@@ -70,7 +70,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         loaders = make_loaders(cfg, cache.folder, [rows[r.id] for r in train],
                                [r.grade for r in train], [rows[r.id] for r in val],
                                [r.grade for r in val], info,
-                               train_dme=dme_labels(train) if cfg.model.dme_head else None)
+                               train_dme=dme_labels(train, implied_negative=cfg.data.dme_implied_negative)
+                               if cfg.model.dme_head else None)
         setup = build_setup(cfg)
         trainer = Trainer(cfg, setup, loaders, run_dir, info, progress=progress,
                           step_hooks=step_hooks, teacher=teacher)

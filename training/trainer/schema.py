@@ -46,6 +46,10 @@ class DataConfig:
     label_column: str | None = None
     patient_column: str | None = None
     image_suffix: str | None = None
+    # DME head (model.dme_head): photos of a source without DME labels whose ICDR grade is 0-1
+    # train the DME head as "no DME": those grades mean no exudates (ICDR), and without them the
+    # head never sees that source's camera and calls DME on its healthy eyes (issue 33)
+    dme_implied_negative: bool = False
     val_fraction: float = 0.2  # selection split: chooses the epoch
     # > 0: a separate calibration split (temperature, operating thresholds, cut points), so the
     # figures of the selection split are not tuned on; 0: calibrate on the selection split

@@ -38,7 +38,8 @@ def test_cnn_bundle_exports_with_dynamic_batch_and_sidecar(tmp_path):
     assert side["calibration"] == {"temperature": 1.7, "referable_threshold": 0.31,
                                    "vision_threatening_threshold": 0.22,
                                    "grade_thresholds": None,  # ordinal bundles: 4 cut points
-                                   "vt_grade_by_probability": False, "flip_tta": False}
+                                   "vt_grade_by_probability": False, "flip_tta": False,
+                                   "dme_temperature": 1.0, "dme_threshold": None}  # no DME output
     assert side["onnx"]["output"]["meaning"] == "raw logits; probs = softmax(logits / temperature)"
     assert "grade = the most probable grade inside the band the flags allow" in side[
         "decision_rule"]
