@@ -73,6 +73,16 @@ def dme_line(prediction: Prediction) -> str:
     return dme_statement(prediction.p_dme, prediction.dme, _dme_threshold(prediction))
 
 
+def referable_caption(prediction: Prediction, threshold: float) -> str:
+    """p(grade >= 2) against its threshold; where DME alone made the photo referable, says so,
+    or a "YES" above "p = 0.08 (threshold 0.50)" reads as a contradiction."""
+    text = "p = {} (threshold {})".format(*format_against(prediction.p_referable, threshold))
+    decision = prediction.decision
+    if decision is not None and decision.referable_for_dme_only:
+        text += "; referable for macular oedema (DME), not for the grade"
+    return text
+
+
 def quality_text(quality: QualityReport) -> str:
     reasons = f": {', '.join(quality.reasons)}" if quality.reasons else ""
     return f"{quality.level}{reasons}"
@@ -115,8 +125,7 @@ def decision_ui(prediction: Prediction) -> None:
     c3.metric("Gradable", "YES" if prediction.gradable else "NO",
               help="Image-quality gate (EyeQ levels good / usable / reject).")
     if prediction.gradable and s is not None:  # typed: a renamed field fails, never shows 0
-        c1.caption("p = {} (threshold {})".format(
-            *format_against(prediction.p_referable, s.referable_threshold)))
+        c1.caption(referable_caption(prediction, s.referable_threshold))
         c2.caption("p = {} (threshold {})".format(
             *format_against(prediction.p_vision_threatening, s.vision_threatening_threshold)))
         if prediction.p_dme is not None and s.dme_threshold is not None:

@@ -146,6 +146,8 @@ def test_dme_with_grade_1_is_referable_everywhere(bundles, prepared, tmp_path):
     assert DME_HEADLINE in text and statement in text and "p = 0.80 (threshold 0.500)" in text
     assert "ophthalmologist" in text  # the guidance was given DME
     assert "rescreen" not in text.lower()
+    # the YES under "Referable DR" says why, beside a p(grade >= 2) below its threshold
+    assert "referable for macular oedema (DME), not for the grade" in text
 
     # the worklist: photo, eye and patient rows
     store, run_id = _screened(tmp_path, predictor, {"7_right.jpg": pred, "7_left.jpg": fellow})
