@@ -40,6 +40,17 @@ def test_a_batch_without_labels_gives_zero_loss_and_a_graph():
     assert torch.count_nonzero(logit.grad) == 0
 
 
+def test_implied_negatives_label_unlabelled_grade_0_1_photos_only():
+    from types import SimpleNamespace as R
+
+    from training.trainer.dme import dme_labels
+
+    records = [R(dme=1, grade=1), R(dme=None, grade=0), R(dme=None, grade=1),
+               R(dme=None, grade=2), R(dme=0, grade=3)]
+    assert dme_labels(records).tolist() == [1, -1, -1, -1, 0]
+    assert dme_labels(records, implied_negative=True).tolist() == [1, 0, 0, -1, 0]
+
+
 def test_positive_weight_counts_labelled_rows_only():
     assert positive_weight([1, 0, 0, 0, -1, -1, -1]) == 3.0
     assert positive_weight([-1, -1]) == 1.0
@@ -123,9 +134,13 @@ def test_held_out_dme_figures_are_per_labelled_source_and_attached(dme_run):
     assert "Referable by the grade alone (DME output ignored)" in report
     evaluation = json.loads((dme_run / "shipped" / "manifest.json").read_text())["evaluation"]
     results = evaluation["held_out_dme"]["results"]
-    assert set(results) <= {"Messidor-2", "IDRiD"} and results  # EyePACS has no DME label
-    for r in results.values():
+    implied = "EyePACS (grade 0-1: no exudates, so no DME)"  # EyePACS has no DME label
+    assert set(results) - {implied} <= {"Messidor-2", "IDRiD"} and set(results) - {implied}
+    for name, r in results.items():
         assert r["n_photos"] > 0 and "auroc" in r
+        if name == implied:  # measured on its grade 0-1 photos: specificity only
+            assert r["implied"] and r["auroc"]["value"] is None and r["n_dme"] == 0
+            assert 0.0 <= r["specificity"]["value"] <= 1.0
     card = (dme_run / "shipped" / "MODEL_CARD.md").read_text()
     assert "## DME output on held-out photos" in card
 
