@@ -4,7 +4,6 @@ no DME label, calibrated on its own, served by the Predictor, measured per sourc
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import yaml
 from core.bundle import load_bundle
 from core.predict import Predictor
 from tests.training.conftest import tiny_overrides
-from tests.training.evaluation.test_multi_source import IDRID_IMAGES, IDRID_LABELS, _graded, _write
+from tests.training.evaluation.test_multi_source import IDRID_IMAGES, _graded, _stand_ins
 from training.evaluation.multi_source import main
 from training.trainer.dme import masked_dme_loss, positive_weight
 
@@ -57,32 +56,10 @@ def test_positive_weight_counts_labelled_rows_only():
 
 
 def _dme_stand_ins(root, photos):
-    """Messidor-2 and IDRiD with DME labels (DME where grade >= 2, plus one grade-1 photo each),
+    """Messidor-2 and IDRiD with DME labels (DME where grade >= 2, plus one grade-1 photo),
     EyePACS without any: the head must learn from the first two only."""
-    eyepacs, messidor, idrid = photos[:16], photos[16:32], photos[32:48]
-    rows = []
-    (root / "eyepacs" / "train").mkdir(parents=True)
-    for i, (src, grade) in enumerate(eyepacs):
-        name = f"{i // 2 + 1}_{'left' if i % 2 == 0 else 'right'}"
-        shutil.copy(src, root / "eyepacs" / "train" / f"{name}.jpeg")
-        rows.append((name, grade))
-    _write(root / "eyepacs" / "trainLabels.csv", ["image", "level"], rows)
-    rows = []
-    (root / "messidor2" / "IMAGES").mkdir(parents=True)
-    for i, (src, grade) in enumerate(messidor):
-        name = f"200510{i // 2 + 1:02d}_4{i:04d}_0100_PP.jpg"
-        shutil.copy(src, root / "messidor2" / "IMAGES" / name)
-        rows.append((name, grade, int(grade >= 2 or i == 1), 1))
-    _write(root / "messidor2" / "messidor_data.csv",
-           ["image_id", "adjudicated_dr_grade", "adjudicated_dme", "adjudicated_gradable"], rows)
-    rows = []
-    (root / "idrid" / IDRID_IMAGES).mkdir(parents=True)
-    for i, (src, grade) in enumerate(idrid):
-        shutil.copy(src, root / "idrid" / IDRID_IMAGES / f"IDRiD_{i + 1:03d}.jpg")
-        rows.append((f"IDRiD_{i + 1:03d}", grade, 2 if grade >= 2 else grade))
-    _write(root / "idrid" / IDRID_LABELS,
-           ["Image name", "Retinopathy grade", "Risk of macular edema "], rows)
-    return [{"preset": p, "root": str(root / p)} for p in ("eyepacs", "messidor2", "idrid")]
+    return _stand_ins(root, photos, messidor_dme=lambda i, g: int(g >= 2 or i == 1),
+                      idrid_risk=lambda i, g: 2 if g >= 2 else g)
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,18 @@ def _write(path: Path, header: list[str], rows: list[tuple]) -> None:
         writer.writerows(rows)
 
 
-def _stand_ins(root: Path, photos: list[tuple[Path, int]]) -> list[dict]:
-    """16 synthetic photos per source, filed as each distributor files them."""
+def _no_dme(i: int, grade: int) -> int:
+    return int(grade >= 3)
+
+
+def _no_risk(i: int, grade: int) -> int:
+    return 0
+
+
+def _stand_ins(root: Path, photos: list[tuple[Path, int]], messidor_dme=_no_dme,
+               idrid_risk=_no_risk) -> list[dict]:
+    """16 synthetic photos per source, filed as each distributor files them; messidor_dme and
+    idrid_risk give the i-th photo's DME label from its grade."""
     eyepacs, messidor, idrid = photos[:16], photos[16:32], photos[32:48]
     rows = []
     (root / "eyepacs" / "train").mkdir(parents=True)
@@ -47,14 +57,14 @@ def _stand_ins(root: Path, photos: list[tuple[Path, int]]) -> list[dict]:
     for i, (src, grade) in enumerate(messidor):
         name = f"200510{i // 2 + 1:02d}_4{i:04d}_0100_PP.jpg"  # two eyes per exam day
         shutil.copy(src, root / "messidor2" / "IMAGES" / name)
-        rows.append((name, grade, int(grade >= 3), 1))
+        rows.append((name, grade, messidor_dme(i, grade), 1))
     _write(root / "messidor2" / "messidor_data.csv",
            ["image_id", "adjudicated_dr_grade", "adjudicated_dme", "adjudicated_gradable"], rows)
     rows = []
     (root / "idrid" / IDRID_IMAGES).mkdir(parents=True)
     for i, (src, grade) in enumerate(idrid):
         shutil.copy(src, root / "idrid" / IDRID_IMAGES / f"IDRiD_{i + 1:03d}.jpg")
-        rows.append((f"IDRiD_{i + 1:03d}", grade, 0))
+        rows.append((f"IDRiD_{i + 1:03d}", grade, idrid_risk(i, grade)))
     _write(root / "idrid" / IDRID_LABELS,
            ["Image name", "Retinopathy grade", "Risk of macular edema "], rows)
     return [{"preset": p, "root": str(root / p)} for p in ("eyepacs", "messidor2", "idrid")]
