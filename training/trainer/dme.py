@@ -18,9 +18,10 @@ from torch.nn import functional as F
 
 from core.errors import ConfigError
 from core.manifest import CalibrationSpec
-from training.common.metrics import binary_auroc, choose_referable_threshold
+from core.predict import N_GRADES
+from training.common.metrics import binary_screening, choose_referable_threshold
+from training.trainer.calibration import fit_temperature
 
-N_GRADES = 5
 IMPLIED_NEGATIVE_MAX_GRADE = 1  # ICDR 0-1: no lesion beyond microaneurysms, so no exudates
 NO_LABEL = -1  # a row whose source has no DME label: masked out of the loss and the metrics
 DME_LOSS_WEIGHT = 1.0
@@ -72,19 +73,12 @@ def split_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def fit_dme_temperature(logit: np.ndarray, y: np.ndarray) -> float:
-    """One temperature on the labelled rows' binary NLL (a grid, then a refinement)."""
-    z, t = np.asarray(logit, np.float64), np.asarray(y, np.float64)
-    if len(np.unique(t)) < 2:
+    """One temperature on the labelled rows' binary NLL: sigmoid(z / T) is softmax([0, z] / T),
+    so the grade's own fit (training.trainer.calibration) does it exactly."""
+    z = np.asarray(logit, np.float64)
+    if len(np.unique(y)) < 2:
         return 1.0
-
-    def nll(temp: float) -> float:
-        s = z / temp
-        return float(np.mean(np.logaddexp(0.0, s) - t * s))
-
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 200))
-    best = float(grid[int(np.argmin([nll(x) for x in grid]))])
-    fine = np.linspace(best * 0.9, best * 1.1, 41)
-    return float(fine[int(np.argmin([nll(x) for x in fine]))])
+    return fit_temperature(np.column_stack([np.zeros_like(z), z]), np.asarray(y, np.int64))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -110,13 +104,10 @@ def fit_dme_calibration(labels: np.ndarray, logit: np.ndarray,
 
 def dme_figures(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
     """AUROC, sensitivity and specificity at the threshold, with the counts they rest on."""
-    y, p = np.asarray(y), np.asarray(p)
-    pred = p >= threshold
-    pos, neg = y == 1, y == 0
-    return {"photos": int(len(y)), "positives": int(pos.sum()), "auroc": binary_auroc(y, p),
-            "threshold": float(threshold),
-            "sensitivity": float(pred[pos].mean()) if pos.any() else None,
-            "specificity": float((~pred[neg]).mean()) if neg.any() else None}
+    s = binary_screening(y, p, min_grade=1, threshold=threshold)
+    return {"photos": int(len(np.asarray(y))), "positives": s["n_positive"], "auroc": s["auroc"],
+            "threshold": s["threshold"], "sensitivity": s["sensitivity"],
+            "specificity": s["specificity"]}
 
 
 def strip_dme(scored: dict) -> tuple[dict, dict[str, np.ndarray]]:
