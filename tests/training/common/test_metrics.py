@@ -272,6 +272,26 @@ def test_cut_points_tuned_inside_the_flag_bands_serve_mild_npdr():
     assert min(np.diff(served)) >= M.MIN_ORDINAL_BAND
 
 
+def test_the_band_test_fails_when_the_fix_or_its_fixture_is_undone(monkeypatch):
+    """Both assertions of the test above can fail: with served_cut_points replaced by the
+    band-free tuning (the fix undone), and with the band-free tuner made band-aware (the
+    fixture no longer shows the empty grade-1 band)."""
+    from core.grading import Thresholds
+    from training.trainer import finalize
+
+    served = finalize.served_cut_points
+    monkeypatch.setattr(finalize, "served_cut_points", lambda probs, y, flags:
+                        M.tune_qwk_thresholds(M.expected_grade(probs), y))
+    with pytest.raises(AssertionError, match="serve no mild NPDR"):
+        test_cut_points_tuned_inside_the_flag_bands_serve_mild_npdr()
+    monkeypatch.setattr(finalize, "served_cut_points", served)
+    probs, y = _noisy_calibration_split()
+    cuts = served(probs, y, Thresholds(referable=0.2, vision_threatening=0.15))
+    monkeypatch.setattr(M, "tune_qwk_thresholds", lambda scores, labels, **kw: cuts)
+    with pytest.raises(AssertionError, match="no longer reproduces the empty grade-1 band"):
+        test_cut_points_tuned_inside_the_flag_bands_serve_mild_npdr()
+
+
 def test_bands_must_match_the_labels():
     y = np.array([0, 1, 2, 3, 4])
     with pytest.raises(ValueError, match="one .lowest, highest. grade per image"):
